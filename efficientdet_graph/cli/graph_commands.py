@@ -1,0 +1,182 @@
+"""Sub-commands on graphs: validate, schema, new, derive, compare, show, tour."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .._io import atomic_write_text
+from ..errors import PassError, SpecError
+from ..graph import canonical_hash, describe_difference, graph_to_yaml, is_input, same_structure
+from ..graph.topologies import GENERATORS, generate
+from ..passes import load_graph, parse_pass_arg, run_passes
+from ..spec import GraphSpec
+from ..spec.builtin import builtin_dir, builtin_names
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="check graph specs; exit 2 on any error")
+    p.add_argument("paths", nargs="+", metavar="NAME_OR_PATH")
+    p.set_defaults(handler=cmd_validate)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of a graph spec (for editors)")
+    p.set_defaults(handler=cmd_schema)
+
+    p = sub.add_parser("new", help="generate a published topology for any level range")
+    p.add_argument("topology", choices=sorted(GENERATORS))
+    p.add_argument("--levels", default="3-7", help="input levels MIN-MAX (default 3-7)")
+    p.add_argument("-o", "--output", help="write YAML here instead of standard output")
+    p.set_defaults(handler=cmd_new)
+
+    p = sub.add_parser("derive", help="apply analysis passes to a graph and write the result as YAML")
+    p.add_argument("base", metavar="NAME_OR_PATH")
+    p.add_argument("--pass", dest="passes", action="append", default=[], metavar="PASS[:k=v,...]",
+                   help="a pass to run, in order (repeatable), e.g. prune_single_input or repeat:n=3")
+    p.add_argument("--name", help="name of the derived graph (default: BASE_derived)")
+    p.add_argument("-o", "--output", help="write YAML here instead of standard output")
+    p.set_defaults(handler=cmd_derive)
+
+    p = sub.add_parser("compare", help="exit 0 if two graphs are the same up to node names, else 1")
+    p.add_argument("a", metavar="A")
+    p.add_argument("b", metavar="B")
+    p.add_argument("--ops", action="store_true", help="also compare fusions, ops, activations, resampling")
+    p.set_defaults(handler=cmd_compare)
+
+    p = sub.add_parser("show", help="summarise or draw a graph")
+    p.add_argument("graph", metavar="NAME_OR_PATH")
+    p.add_argument("--format", choices=("text", "mermaid", "dot", "yaml"), default="text")
+    p.add_argument("-o", "--output", help="write to a file; .png or .svg draws the graph")
+    p.set_defaults(handler=cmd_show)
+
+    p = sub.add_parser("tour", help="a short tour: validate the built-ins, derive BiFPN, draw it")
+    p.add_argument("--out", default="runs/tour", help="folder for the figures (default runs/tour)")
+    p.set_defaults(handler=cmd_tour)
+
+
+def _levels(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in text.replace(":", "-").split("-"))
+    except ValueError:
+        raise PassError(f"--levels {text!r}: expected MIN-MAX, e.g. 3-7") from None
+    if not 0 <= lo < hi <= 12:
+        raise PassError(f"--levels {text!r}: need 0 <= MIN < MAX <= 12")
+    return lo, hi
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output:
+        atomic_write_text(output, text)
+        print(f"wrote {output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
+def _count(g) -> tuple[int, int]:
+    return sum(1 for v in g if not is_input(g, v)), g.number_of_edges()
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    failed = 0
+    for ref in args.paths:
+        try:
+            g = load_graph(ref)
+        except SpecError as e:
+            print(e, file=sys.stderr)
+            failed += 1
+            continue
+        except (PassError, LookupError) as e:
+            print(f"{ref}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        nodes, edges = _count(g)
+        rep = f", repeat {g.graph['repeat']}" if g.graph.get("repeat", 1) > 1 else ""
+        print(f"ok  {ref}: {g.graph['name']}, {nodes} nodes, {edges} edges{rep}")
+    if failed:
+        print(f"{failed} of {len(args.paths)} spec(s) invalid", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(GraphSpec.model_json_schema(by_alias=True), indent=2))
+    return 0
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    lo, hi = _levels(args.levels)
+    from ..graph import build_graph
+
+    g = build_graph(generate(args.topology, lo, hi))
+    _emit(graph_to_yaml(g), args.output)
+    return 0
+
+
+def cmd_derive(args: argparse.Namespace) -> int:
+    g = load_graph(args.base)
+    g, reports = run_passes(g, [parse_pass_arg(p) for p in args.passes])
+    for r in reports:
+        print(r, file=sys.stderr)
+    g.graph["name"] = args.name or f"{g.graph['name']}_derived"
+    g.graph["description"] = f"{args.base} after " + (", ".join(r.name for r in reports) or "no passes")
+    _emit(graph_to_yaml(g), args.output)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    a, b = load_graph(args.a), load_graph(args.b)
+    what = "structure and ops" if args.ops else "structure"
+    if same_structure(a, b, ops=args.ops):
+        print(f"same {what}: {args.a} and {args.b} (hash {canonical_hash(a, ops=args.ops)})")
+        return 0
+    print(f"different {what}: {args.a} vs {args.b}")
+    print(describe_difference(a, b, args.a, args.b, ops=args.ops))
+    return 1
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .. import viz
+
+    g = load_graph(args.graph)
+    if args.output and Path(args.output).suffix.lower() in (".png", ".svg"):
+        viz.draw(g, args.output)
+        print(f"wrote {args.output}", file=sys.stderr)
+        return 0
+    render = {"text": lambda: viz.summary(g) + "\n", "mermaid": lambda: viz.to_mermaid(g),
+              "dot": lambda: viz.to_dot(g), "yaml": lambda: graph_to_yaml(g)}[args.format]
+    _emit(render(), args.output)
+    return 0
+
+
+def cmd_tour(args: argparse.Namespace) -> int:
+    from .. import viz
+
+    out = Path(args.out)
+    print(f"== 1. The built-in graphs ({builtin_dir('graphs')})")
+    print(f"   {'name':<16} {'nodes':>5} {'edges':>5}  structure hash")
+    for name in builtin_names("graphs"):
+        g = load_graph(name)
+        nodes, edges = _count(g)
+        print(f"   {name:<16} {nodes:>5} {edges:>5}  {canonical_hash(g, ops=False)}")
+    print("\n== 2. BiFPN derived from PANet by the paper's rules")
+    derived, reports = run_passes(load_graph("panet"), ["prune_single_input", "add_same_level_skips"])
+    for r in reports:
+        print("   " + str(r).replace("\n", "\n   "))
+    bifpn = load_graph("bifpn")
+    verdict = "the same as" if same_structure(derived, bifpn) else "DIFFERENT from"
+    print(f"   result: {_count(derived)[0]} nodes, {_count(derived)[1]} edges, {verdict} the hand-written bifpn")
+    for lo, hi in ((3, 8), (2, 7)):
+        from ..graph import build_graph
+
+        d, _ = run_passes(build_graph(generate("panet", lo, hi)), ["prune_single_input", "add_same_level_skips"])
+        ok = same_structure(d, build_graph(generate("bifpn", lo, hi)))
+        print(f"   levels P{lo}-P{hi}: {_count(d)[0]} nodes, {_count(d)[1]} edges, {'same as' if ok else 'DIFFERENT from'} bifpn")
+    print("\n== 3. BiFPN")
+    print("   " + viz.summary(bifpn).replace("\n", "\n   "))
+    for name in ("bifpn", "panet", "nasfpn"):
+        viz.draw(load_graph(name), out / f"{name}.png")
+    print(f"\n   figures: {out}/bifpn.png, {out}/panet.png, {out}/nasfpn.png")
+    return 0

@@ -1,0 +1,49 @@
+"""``edg``: the command line. Thin: parse arguments, call the library, print, exit.
+
+Exit codes: 0 success; 1 ``compare`` found a difference; 2 bad input (a spec
+error, an unknown name, bad arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from ..errors import EdgError
+from . import graph_commands
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edg",
+        description="Declare feature-pyramid networks as YAML graphs: validate, derive, compare, draw.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    graph_commands.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except EdgError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}" if not hasattr(e, "problems") else str(e), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Safe YAML → plain Python, remembering where every key and value came from.
+
+PyYAML's safe composer gives positions for each node; we build the Python
+objects ourselves from that node tree so that (a) every path into the document
+has a line and column, (b) duplicate keys are errors instead of silently
+overwriting, and (c) alias bombs are cut off by a node budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from ..errors import Problem, SpecError
+
+__all__ = ["MAX_FILE_BYTES", "MAX_YAML_NODES", "Path", "SourceMap", "parse_yaml"]
+
+MAX_FILE_BYTES = 1 << 20
+MAX_YAML_NODES = 200_000
+
+Path = tuple[Any, ...]
+
+
+@dataclass
+class SourceMap:
+    """1-based (line, column) of every key and value, by path into the document."""
+
+    file: str
+    keys: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    values: dict[Path, tuple[int, int]] = field(default_factory=dict)
+
+    def locate(self, path: Path, *, key: bool = False) -> tuple[int, int]:
+        """Position of ``path``; the nearest enclosing item when it is not in the file."""
+        path = tuple(path)
+        while True:
+            table = (self.keys, self.values) if key else (self.values, self.keys)
+            for t in table:
+                if path in t:
+                    return t[path]
+            if not path:
+                return (1, 1)
+            path = path[:-1]
+            key = False
+
+    def problem(self, path: Path, message: str, *, key: bool = False) -> Problem:
+        line, col = self.locate(path, key=key)
+        return Problem(self.file, line, col, message)
+
+
+def _pos(mark: yaml.Mark) -> tuple[int, int]:
+    return (mark.line + 1, mark.column + 1)
+
+
+def parse_yaml(text: str | bytes, file: str = "<string>") -> tuple[Any, SourceMap, list[Problem]]:
+    """Parse one YAML document safely.
+
+    Raises SpecError when nothing usable can be read; returns the problems it
+    could read past (duplicate keys: the first value is kept) for the caller to
+    report together with everything else.
+    """
+    if isinstance(text, bytes):
+        if len(text) > MAX_FILE_BYTES:
+            raise SpecError.single(file, f"file is {len(text)} bytes; the limit is {MAX_FILE_BYTES}")
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SpecError.single(file, f"not UTF-8 text (byte {e.start}): is this a YAML file?") from None
+    if len(text.encode("utf-8")) > MAX_FILE_BYTES:
+        raise SpecError.single(file, f"file is larger than the limit of {MAX_FILE_BYTES} bytes")
+    if not text.strip():
+        raise SpecError.single(file, "file is empty; expected a mapping with keys such as name, levels, nodes, outputs")
+
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line, col = _pos(mark) if mark else (1, 1)
+        what = " ".join(x for x in (e.context, e.problem) if x)
+        raise SpecError.single(file, f"not valid YAML: {what}", line, col) from None
+    except yaml.YAMLError as e:
+        raise SpecError.single(file, f"not valid YAML: {e}") from None
+    finally:
+        loader.dispose()
+    if root is None:
+        raise SpecError.single(file, "file holds no YAML document; expected a mapping")
+
+    smap = SourceMap(file)
+    problems: list[Problem] = []
+    budget = [MAX_YAML_NODES]
+
+    def build(node: yaml.Node, path: Path) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise SpecError.single(
+                file, f"document expands to more than {MAX_YAML_NODES} YAML nodes (alias bomb?)", *_pos(node.start_mark)
+            )
+        smap.values.setdefault(path, _pos(node.start_mark))
+        if isinstance(node, yaml.MappingNode):
+            try:
+                loader.flatten_mapping(node)  # resolves YAML merge keys (<<)
+            except yaml.MarkedYAMLError as e:
+                problems.append(Problem(file, *_pos(e.problem_mark or node.start_mark), f"bad merge key: {e.problem}"))
+                return {}
+            out: dict[Any, Any] = {}
+            for knode, vnode in node.value:
+                if not isinstance(knode, yaml.ScalarNode):
+                    problems.append(Problem(file, *_pos(knode.start_mark), "a mapping key must be a plain scalar"))
+                    continue
+                key = loader.construct_object(knode)
+                if not isinstance(key, (str, int)) or isinstance(key, bool):
+                    key = str(knode.value)
+                if key in out:
+                    first = smap.keys.get(path + (key,), (0, 0))
+                    problems.append(
+                        Problem(file, *_pos(knode.start_mark), f"duplicate key {key!r} (first given at line {first[0]})")
+                    )
+                    continue
+                smap.keys[path + (key,)] = _pos(knode.start_mark)
+                out[key] = build(vnode, path + (key,))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [build(item, path + (i,)) for i, item in enumerate(node.value)]
+        try:
+            return loader.construct_object(node)
+        except yaml.YAMLError as e:
+            problems.append(Problem(file, *_pos(node.start_mark), f"bad scalar: {e}"))
+            return None
+
+    return build(root, ()), smap, problems

@@ -1,0 +1,145 @@
+"""Pictures of a graph: a text summary, Mermaid, Graphviz dot, and PNG/SVG drawn like
+Figure 2 of the EfficientDet paper (one row per level, columns by depth, inputs left,
+outputs right)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import networkx as nx
+
+from .graph import canonical_hash, depths, inner_nodes, inputs_of, is_input, node_option, unroll
+
+__all__ = ["summary", "to_mermaid", "to_dot", "draw"]
+
+
+def summary(g: nx.DiGraph) -> str:
+    """Nodes per level, edges, fan-in, outputs: what a person checks first."""
+    u = unroll(g)
+    lo, hi = u.graph["levels"]
+    inner = inner_nodes(u)
+    lines = [
+        f"graph {g.graph['name']}: levels P{lo}-P{hi}, {len(inner)} nodes, {u.number_of_edges()} edges"
+        + (f" (repeat {g.graph['repeat']} of {sum(1 for v in g if not is_input(g, v))} nodes)" if g.graph.get("repeat", 1) > 1 else ""),
+    ]
+    if g.graph.get("description"):
+        lines.append(f"  {g.graph['description']}")
+    d = g.graph["defaults"]
+    lines.append(f"  defaults: fusion={d['fusion']} op={d['op']} act={d['act']} down={d['downsample']} up={d['upsample']}")
+    lines.append(f"  structure hash: {canonical_hash(g, ops=False)} (with ops: {canonical_hash(g)})")
+    per_level = Counter(u.nodes[v]["level"] for v in inner)
+    fan_in = Counter(u.in_degree(v) for v in inner)
+    lines.append("  nodes per level: " + ", ".join(f"P{k}: {per_level.get(k, 0)}" for k in range(lo, hi + 1)))
+    lines.append("  fan-in: " + ", ".join(f"{k} inputs x{n}" for k, n in sorted(fan_in.items())))
+    lines.append("  nodes:")
+    width = max((len(v) for v in g), default=4)
+    for v in inner_nodes(g):
+        extras = [f"{k}={g.nodes[v][k]}" for k in ("fusion", "op", "act") if g.nodes[v].get(k)]
+        srcs = ", ".join(inputs_of(g, v))
+        lines.append(f"    {v:<{width}}  P{g.nodes[v]['level']}  <- {srcs}" + (f"   [{' '.join(extras)}]" if extras else ""))
+    lines.append("  outputs: " + ", ".join(f"P{k}={v}" for k, v in sorted(g.graph["outputs"].items())))
+    return "\n".join(lines)
+
+
+def _edge_kind(g: nx.DiGraph, s: str, d: str) -> str:
+    a, b = g.nodes[s]["level"], g.nodes[d]["level"]
+    return "up" if a > b else "down" if a < b else "same"
+
+
+def to_mermaid(g: nx.DiGraph) -> str:
+    u = unroll(g)
+    outs = {v: k for k, v in u.graph["outputs"].items()}
+    lines = ["flowchart LR"]
+    for v in u:
+        label = f"{v}<br/>P{u.nodes[v]['level']}" + (f" → out P{outs[v]}" if v in outs else "")
+        shape = ("[/", "/]") if is_input(u, v) else ("([", "])") if v in outs else ("(", ")")
+        lines.append(f'  {v}{shape[0]}"{label}"{shape[1]}')
+    for s, d in u.edges:
+        lines.append(f"  {s} --> {d}")
+    return "\n".join(lines) + "\n"
+
+
+def to_dot(g: nx.DiGraph) -> str:
+    u = unroll(g)
+    outs = {v: k for k, v in u.graph["outputs"].items()}
+    dep = depths(u)
+    lines = [f'digraph "{g.graph["name"]}" {{', "  rankdir=LR;", "  node [fontname=Helvetica];"]
+    for v in u:
+        lvl = u.nodes[v]["level"]
+        attrs = [f'label="{v}\\nP{lvl}"', f'pos="{dep[v]},{lvl}!"']
+        if is_input(u, v):
+            attrs.append("shape=box")
+        elif v in outs:
+            attrs.append("shape=doublecircle")
+        else:
+            attrs.append(f'shape=circle, tooltip="{node_option(u, v, "fusion")}"')
+        lines.append(f'  "{v}" [{", ".join(attrs)}];')
+    colors = {"up": "#1f77b4", "down": "#d62728", "same": "#555555"}
+    for s, d in u.edges:
+        lines.append(f'  "{s}" -> "{d}" [color="{colors[_edge_kind(u, s, d)]}"];')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def draw(g: nx.DiGraph, path: str | os.PathLike) -> Path:
+    """Write a PNG or SVG (by suffix) in the layout of the paper's Figure 2."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    if path.suffix.lower() not in (".png", ".svg"):
+        raise ValueError(f"cannot draw to {path.name!r}: use a .png or .svg file name")
+    u = unroll(g)
+    lo, hi = u.graph["levels"]
+    outs = {v: k for k, v in u.graph["outputs"].items()}
+    dep = depths(u)
+    final = {v for v in outs if not is_input(u, v)}
+    # Outputs share the last column, as in the paper's figure; an output that feeds
+    # another shows as a vertical edge inside that column.
+    last = 1 + max((dep[v] for v in u if v not in final), default=0)
+    col = {v: (last if v in final else dep[v]) for v in u}
+    cells = defaultdict(list)
+    for v in u:
+        cells[(col[v], u.nodes[v]["level"])].append(v)
+    pos = {}
+    for (c, lvl), vs in cells.items():
+        for i, v in enumerate(vs):
+            pos[v] = (c + 0.25 * (i - (len(vs) - 1) / 2), lvl)
+
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * (last + 1), 1.0 + 0.9 * (hi - lo + 1)))
+    colors = {"up": "#1f77b4", "down": "#d62728", "same": "#444444"}
+    for s, d in u.edges:
+        (x0, y0), (x1, y1) = pos[s], pos[d]
+        ax.annotate(
+            "", xy=(x1, y1), xytext=(x0, y0),
+            arrowprops=dict(arrowstyle="-|>", color=colors[_edge_kind(u, s, d)], lw=1.0,
+                            shrinkA=9, shrinkB=9, connectionstyle="arc3,rad=0.08"),
+        )
+    for v, (x, y) in pos.items():
+        if is_input(u, v):
+            style = dict(marker="s", color="#9ecae1", ms=16)
+        elif v in outs:
+            style = dict(marker="o", color="#fdae6b", ms=16)
+        else:
+            style = dict(marker="o", color="#d9d9d9", ms=14)
+        ax.plot([x], [y], linestyle="none", markeredgecolor="black", **style)
+    for v, (x, y) in pos.items():
+        if len(u) <= 40:
+            ax.text(x, y - 0.33, v, ha="center", va="top", fontsize=6)
+    ax.set_yticks(range(lo, hi + 1), [f"P{k}" for k in range(lo, hi + 1)])
+    ax.set_xticks([])
+    ax.set_ylim(lo - 0.7, hi + 0.5)
+    ax.set_xlim(-0.6, last + 0.6)
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(f"{g.graph['name']}: inputs (squares) left, outputs (orange) right; "
+                 "blue = top-down, red = bottom-up", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
