@@ -69,11 +69,13 @@ def check_spec(spec: GraphSpec, src: SourceMap) -> tuple[nx.DiGraph | None, list
 
     # Nodes.
     where: dict[str, tuple] = {}
+    skipped: set[int] = set()
     for i, node in enumerate(spec.nodes):
         path = ("nodes", i)
         if node.id in g:
-            first = "a graph input" if g.nodes[node.id]["role"] == "input" else f"node {where[node.id][1]}"
+            first = "a graph input" if g.nodes[node.id]["role"] == "input" else f"line {src.locate(where[node.id])[0]}"
             bad(path + ("id",), f"duplicate node id {node.id!r} (already used by {first})")
+            skipped.add(i)
             continue
         if not lo <= node.level <= hi:
             bad(path + ("level",), f"level {node.level} of node {node.id!r} is outside the input levels [{lo}, {hi}]")
@@ -88,6 +90,8 @@ def check_spec(spec: GraphSpec, src: SourceMap) -> tuple[nx.DiGraph | None, list
     # Edges, in the order given: a node's inputs first, then the edges list.
     wanted: list[tuple[str, str, dict, tuple]] = []
     for i, node in enumerate(spec.nodes):
+        if i in skipped:
+            continue
         for j, ref in enumerate(node.inputs):
             src_name, opts = (ref.src, _edge_opts(ref)) if isinstance(ref, InputRef) else (ref, {})
             wanted.append((src_name, node.id, opts, ("nodes", i, "inputs", j)))

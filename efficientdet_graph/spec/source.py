@@ -49,6 +49,9 @@ class SourceMap:
         return Problem(self.file, line, col, message)
 
 
+_COLLECTION_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
+
+
 def _pos(mark: yaml.Mark) -> tuple[int, int]:
     return (mark.line + 1, mark.column + 1)
 
@@ -98,6 +101,11 @@ def parse_yaml(text: str | bytes, file: str = "<string>") -> tuple[Any, SourceMa
                 file, f"document expands to more than {MAX_YAML_NODES} YAML nodes (alias bomb?)", *_pos(node.start_mark)
             )
         smap.values.setdefault(path, _pos(node.start_mark))
+        if not isinstance(node, yaml.ScalarNode) and node.tag not in _COLLECTION_TAGS:
+            # SafeLoader would refuse such a tag at construction; we build collections
+            # ourselves, so refuse it here (e.g. !!python/object/apply).
+            problems.append(Problem(file, *_pos(node.start_mark), f"YAML tag {node.tag!r} is not allowed"))
+            return None
         if isinstance(node, yaml.MappingNode):
             try:
                 loader.flatten_mapping(node)  # resolves YAML merge keys (<<)
