@@ -202,3 +202,8 @@ outputs: {3: A, 4: B}
 def test_missing_file():
     with pytest.raises(SpecError, match="no such file"):
         load_graph("does/not/exist.yaml")
+
+
+def test_fusion_arity(write):
+    line, col, msg = only(write, GOOD.replace("{id: B, level: 3,", "{id: B, level: 3, fusion: gp,").replace("[P3_in, A]", "[P3_in, A, P4_in]"))
+    assert (line, col) == (5, 10) and "takes exactly 2 inputs, got 3" in msg

@@ -16,7 +16,7 @@ from __future__ import annotations
 import networkx as nx
 
 from ..errors import Problem, SpecError, close_match
-from ..spec import GraphSpec, InputRef, SourceMap, input_name, known_names
+from ..spec import FUSION_ARITY, GraphSpec, InputRef, SourceMap, input_name, known_names
 
 __all__ = ["NODE_OPTIONS", "EDGE_OPTIONS", "build_graph", "check_spec"]
 
@@ -145,8 +145,15 @@ def check_spec(spec: GraphSpec, src: SourceMap) -> tuple[nx.DiGraph | None, list
     # output" waits until the rest is right, since a bad reference would cascade.
     given = {dst for _, dst, _, _ in wanted}
     for node, data in g.nodes(data=True):
-        if data["role"] == "node" and node not in given:
+        if data["role"] != "node":
+            continue
+        if node not in given:
             bad(where[node] + ("id",), f"node {node!r} has no inputs, so no graph input reaches it")
+        fusion = data.get("fusion") or spec.defaults.fusion
+        arity = FUSION_ARITY.get(fusion)
+        if arity is not None and node in given and g.in_degree(node) != arity:
+            bad(where[node] + ("id",), f"node {node!r}: fusion {fusion!r} takes exactly {arity} inputs, "
+                f"got {g.in_degree(node)}")
     try:
         cycle = nx.find_cycle(g)
     except nx.NetworkXNoCycle:

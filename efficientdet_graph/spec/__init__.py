@@ -16,12 +16,13 @@ from .models import (
     input_name,
 )
 from .source import SourceMap, parse_yaml
-from .vocab import ORDERED_FUSIONS, known_names, register_name
+from .vocab import FUSION_ARITY, ORDERED_FUSIONS, known_names, register_name
 
 __all__ = [
     "MAX_LEVEL",
     "MAX_NODES",
     "MAX_REPEAT",
+    "FUSION_ARITY",
     "ORDERED_FUSIONS",
     "Defaults",
     "DeriveSpec",

@@ -7,7 +7,7 @@ op nobody registered is rejected at load time with its line and column.
 
 from __future__ import annotations
 
-__all__ = ["VOCABULARY", "register_name", "known_names"]
+__all__ = ["VOCABULARY", "ORDERED_FUSIONS", "FUSION_ARITY", "register_name", "known_names"]
 
 VOCABULARY: dict[str, set[str]] = {
     "fusion": {
@@ -29,14 +29,19 @@ VOCABULARY: dict[str, set[str]] = {
 # node's inputs form a set (each edge carries its own weight).
 ORDERED_FUSIONS: set[str] = {"concat", "gp"}
 
+# Fusions defined for a fixed number of inputs only.
+FUSION_ARITY: dict[str, int] = {"gp": 2}
 
-def register_name(kind: str, name: str, *, ordered: bool = False) -> None:
+
+def register_name(kind: str, name: str, *, ordered: bool = False, arity: int | None = None) -> None:
     """Make ``name`` a valid value for the spec field ``kind``."""
     if kind not in VOCABULARY:
         raise ValueError(f"unknown vocabulary kind {kind!r}; known: {sorted(VOCABULARY)}")
     VOCABULARY[kind].add(name)
     if kind == "fusion" and ordered:
         ORDERED_FUSIONS.add(name)
+    if kind == "fusion" and arity is not None:
+        FUSION_ARITY[name] = arity
 
 
 def known_names(kind: str) -> tuple[str, ...]:
