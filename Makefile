@@ -20,7 +20,7 @@ demo: install
 	$(BIN)/edg tour --out runs/tour
 
 test: install-test
-	cd tests && ../$(BIN)/python -m pytest -q -p no:cacheprovider --rootdir=.. ..
+	$(BIN)/pytest -q -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) runs build dist *.egg-info

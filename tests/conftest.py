@@ -45,3 +45,9 @@ def edg_exe():
         return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120)
 
     return _run
+
+
+def pytest_report_header(config):
+    import efficientdet_graph
+
+    return f"efficientdet_graph from {Path(efficientdet_graph.__file__).parent}"
