@@ -11,7 +11,7 @@ import sys
 from typing import Callable, Sequence
 
 from ..errors import EdgError
-from . import graph_commands
+from . import compile_commands, graph_commands
 
 __all__ = ["main", "build_parser"]
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     graph_commands.register(sub)
+    compile_commands.register(sub)
     return parser
 
 
