@@ -29,7 +29,26 @@ from .spec import GraphSpec, load_spec, load_spec_text
 
 __version__ = "0.1.0"
 
+# Names whose modules import torch: loaded on first use, so that spec and graph work
+# (and `edg validate` starts) without paying for torch.
+_LAZY = {
+    "compile_graph": "efficientdet_graph.compile",
+    "infer_shapes": "efficientdet_graph.compile",
+    "output_shapes": "efficientdet_graph.compile",
+    "CompileOptions": "efficientdet_graph.ops",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'efficientdet_graph' has no attribute {name!r}")
+
+
 __all__ = [
+    "CompileOptions",
     "EdgError",
     "GraphSpec",
     "PASSES",
@@ -42,13 +61,16 @@ __all__ = [
     "add_same_level_skips",
     "build_graph",
     "canonical_hash",
+    "compile_graph",
     "describe_difference",
     "generate",
     "graph_to_spec",
     "graph_to_yaml",
+    "infer_shapes",
     "load_graph",
     "load_spec",
     "load_spec_text",
+    "output_shapes",
     "prune_single_input",
     "register_pass",
     "remove_dead_nodes",

@@ -8,6 +8,7 @@ import efficientdet_graph as edg
 from efficientdet_graph import EdgError, PassError, RegistryError, SpecError
 
 EXPECTED = {
+    "CompileOptions", "compile_graph", "infer_shapes", "output_shapes",
     "EdgError", "GraphSpec", "PASSES", "PassError", "PassReport", "Problem", "RegistryError", "SpecError",
     "__version__", "add_same_level_skips", "build_graph", "canonical_hash", "describe_difference", "generate",
     "graph_to_spec", "graph_to_yaml", "load_graph", "load_spec", "load_spec_text", "prune_single_input",
@@ -21,7 +22,7 @@ def test_public_api_is_exactly_what_all_lists():
         assert hasattr(edg, name), name
 
 
-@pytest.mark.parametrize("module", ["spec", "graph", "passes", "cli"])
+@pytest.mark.parametrize("module", ["spec", "graph", "passes", "ops", "compile", "cli"])
 def test_stage_modules_declare_all(module):
     mod = importlib.import_module(f"efficientdet_graph.{module}")
     for name in mod.__all__:
@@ -46,7 +47,7 @@ def test_stages_import_only_earlier_stages():
     import ast
     from pathlib import Path
 
-    order = ["errors", "spec", "graph", "passes", "viz", "cli"]
+    order = ["errors", "spec", "graph", "passes", "ops", "compile", "viz", "cli"]
     root = Path(edg.__file__).parent
     for i, stage in enumerate(order):
         files = [root / f"{stage}.py"] if (root / f"{stage}.py").exists() else list((root / stage).glob("*.py"))
@@ -57,3 +58,12 @@ def test_stages_import_only_earlier_stages():
                     top = node.module.split(".")[0]
                     if node.level == 2 or (node.level == 1 and f.parent == root):
                         assert top not in later, f"{f.name} ({stage}) imports later stage {top}"
+
+
+def test_spec_and_graph_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, efficientdet_graph as e; e.load_graph('bifpn'); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -144,3 +144,25 @@ def test_acceptance_commands(edg_exe, tmp_path):
     assert edg_exe("compare", "d.yaml", "bifpn", cwd=tmp_path).returncode == 0
     assert edg_exe("compare", "fpn", "bifpn").returncode == 1
     assert same_structure(load_graph(tmp_path / "d.yaml"), load_graph("bifpn"))
+
+
+def test_compile_print_code(edg):
+    code, out, err = edg("compile", "bifpn", "--channels", "64", "--print-code")
+    assert code == 0
+    assert out.startswith("def forward(self, P3_in, P4_in, P5_in, P6_in, P7_in):")
+    assert "P7_out = self.P7_out.op(P7_out_fused)" in out and "return (P3_out, P4_out, P5_out, P6_out, P7_out)" in out
+    assert "parameters" in err
+
+
+def test_compile_input_size_prints_five_outputs(edg):
+    code, out, _ = edg("compile", "nasfpn", "--channels", "64", "--input-size", "256")
+    assert code == 0
+    outputs = out.split("outputs (C, H, W):")[1].strip().splitlines()
+    assert outputs == ["P3: (64, 32, 32)", "P4: (64, 16, 16)", "P5: (64, 8, 8)", "P6: (64, 4, 4)", "P7: (64, 2, 2)"]
+
+
+def test_compile_bad_in_channels(edg):
+    code, _, err = edg("compile", "bifpn", "--in-channels", "40,x")
+    assert code == 2 and "integers" in err
+    code, _, err = edg("compile", "bifpn", "--in-channels", "1,2,3,4,5,6")
+    assert code == 2 and "outside" in err

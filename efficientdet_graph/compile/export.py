@@ -37,13 +37,23 @@ def dynamic_shapes(gm: fx.GraphModule) -> tuple[dict, ...]:
     """Height and width free, tied across levels: level k is 2**(hi-k) times the top level,
     so the image size must be a multiple of 2**hi (the top level's size is the free one)."""
     lo, hi = _meta(gm)["levels"]
-    h = torch.export.Dim("h_top", min=1, max=4096)
-    w = torch.export.Dim("w_top", min=1, max=4096)
+    # A size of 1 is special-cased by the tracer, so the top level starts at 2.
+    h = torch.export.Dim("h_top", min=2, max=4096)
+    w = torch.export.Dim("w_top", min=2, max=4096)
     return tuple({2: h * 2 ** (hi - k) if k < hi else h, 3: w * 2 ** (hi - k) if k < hi else w} for k in range(lo, hi + 1))
 
 
+def _tracing_size(gm: fx.GraphModule, input_size: int | tuple[int, int]) -> tuple[int, int]:
+    """An example image size whose top level is at least 2 and divides evenly."""
+    hi = _meta(gm)["levels"][1]
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    step = 2**hi
+    return max(2 * step, -(-h // step) * step), max(2 * step, -(-w // step) * step)
+
+
 def export_program(gm: fx.GraphModule, input_size: int | tuple[int, int] = 256) -> torch.export.ExportedProgram:
-    args = example_inputs(gm, input_size)
+    """``torch.export`` with free height and width (image sizes that are multiples of 2**max_level)."""
+    args = example_inputs(gm, _tracing_size(gm, input_size))
     return torch.export.export(gm, args, dynamic_shapes=dynamic_shapes(gm))
 
 
@@ -53,7 +63,7 @@ def export_onnx(gm: fx.GraphModule, path: str | os.PathLike, input_size: int | t
     path.parent.mkdir(parents=True, exist_ok=True)
     lo, hi = _meta(gm)["levels"]
     gm = gm.eval()
-    args = example_inputs(gm, input_size)
+    args = example_inputs(gm, _tracing_size(gm, input_size))
     tmp = path.with_name(f".{path.name}.tmp")
     torch.onnx.export(
         gm, args, str(tmp), dynamo=True, dynamic_shapes=dynamic_shapes(gm),
