@@ -157,7 +157,7 @@ def test_compile_print_code(edg):
 def test_compile_input_size_prints_five_outputs(edg):
     code, out, _ = edg("compile", "nasfpn", "--channels", "64", "--input-size", "256")
     assert code == 0
-    outputs = out.split("outputs (C, H, W):")[1].strip().splitlines()
+    outputs = [line.strip() for line in out.split("outputs (C, H, W):")[1].strip().splitlines()]
     assert outputs == ["P3: (64, 32, 32)", "P4: (64, 16, 16)", "P5: (64, 8, 8)", "P6: (64, 4, 4)", "P7: (64, 2, 2)"]
 
 
