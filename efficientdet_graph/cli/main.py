@@ -11,7 +11,7 @@ import sys
 from typing import Callable, Sequence
 
 from ..errors import EdgError
-from . import compile_commands, graph_commands
+from . import compile_commands, graph_commands, model_commands
 
 __all__ = ["main", "build_parser"]
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     graph_commands.register(sub)
     compile_commands.register(sub)
+    model_commands.register(sub)
     return parser
 
 

@@ -44,3 +44,7 @@ __all__ = [
     "register_name",
     "spec_from_data",
 ]
+
+from .model_spec import AnchorSpec, BackboneSpec, ModelSpec  # noqa: E402
+
+__all__ += ["AnchorSpec", "BackboneSpec", "ModelSpec"]

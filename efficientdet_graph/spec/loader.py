@@ -22,11 +22,11 @@ __all__ = ["SpecReading", "read_spec", "read_spec_text", "load_spec", "load_spec
 class SpecReading:
     """What reading a spec gave: the spec (None if unusable), its source map, the problems."""
 
-    spec: GraphSpec | None
+    spec: Any
     source: SourceMap
     problems: tuple[Problem, ...]
 
-    def raise_problems(self) -> GraphSpec:
+    def raise_problems(self) -> Any:
         if self.problems or self.spec is None:
             raise SpecError(self.problems)
         return self.spec
@@ -43,8 +43,9 @@ def load_spec_text(text: str | bytes, file: str = "<string>") -> tuple[GraphSpec
     return reading.raise_problems(), reading.source
 
 
-def read_spec(path: str | os.PathLike) -> SpecReading:
-    """Read the spec in ``path``, collecting problems instead of stopping at the first."""
+def read_spec(path: str | os.PathLike, model: type[BaseModel] = GraphSpec) -> SpecReading:
+    """Read the spec in ``path`` as a ``model`` (a graph spec unless told otherwise),
+    collecting problems instead of stopping at the first."""
     p = FsPath(path)
     name = str(path)
     try:
@@ -58,17 +59,19 @@ def read_spec(path: str | os.PathLike) -> SpecReading:
         raise SpecError.single(name, "is a directory, not a spec file") from None
     except OSError as e:
         raise SpecError.single(name, f"cannot read: {e.strerror}") from None
-    return read_spec_text(raw, name)
+    return read_spec_text(raw, name, model)
 
 
-def read_spec_text(text: str | bytes, file: str = "<string>") -> SpecReading:
+def read_spec_text(text: str | bytes, file: str = "<string>", model: type[BaseModel] = GraphSpec) -> SpecReading:
     data, smap, problems = parse_yaml(text, file)
-    spec, more = spec_from_data(data, smap)
+    spec, more = spec_from_data(data, smap, model)
     return SpecReading(spec, smap, tuple(problems) + tuple(more))
 
 
-def spec_from_data(data: Any, smap: SourceMap) -> tuple[GraphSpec | None, list[Problem]]:
-    """Validate plain data against GraphSpec.
+def spec_from_data(
+    data: Any, smap: SourceMap, model: type[BaseModel] = GraphSpec
+) -> tuple[Any, list[Problem]]:
+    """Validate plain data against ``model``.
 
     Unknown keys are reported and then dropped, so that a typo does not hide the
     problems further on (unknown references, cycles) from the same report.
@@ -77,15 +80,15 @@ def spec_from_data(data: Any, smap: SourceMap) -> tuple[GraphSpec | None, list[P
         kind = {list: "a list", str: "a string"}.get(type(data), type(data).__name__)
         raise SpecError.single(smap.file, f"expected a mapping (name: ..., nodes: ...) at the top level, got {kind}")
     try:
-        return GraphSpec.model_validate(data), []
+        return model.model_validate(data), []
     except pydantic.ValidationError as e:
-        problems = _problems(e, smap, data)
+        problems = _problems(e, smap, data, model)
         extra = [tuple(i["loc"]) for i in e.errors() if i["type"] == "extra_forbidden"]
         if len(extra) < e.error_count():
             return None, problems
-    stripped = _without(data, [_document_path(loc)[0] for loc in extra])
+    stripped = _without(data, [_document_path(loc, model)[0] for loc in extra])
     try:
-        return GraphSpec.model_validate(stripped), problems
+        return model.model_validate(stripped), problems
     except pydantic.ValidationError:
         return None, problems
 
@@ -104,23 +107,23 @@ def _without(data: Any, paths: list[tuple]) -> Any:
     return walk(data, ())
 
 
-def _problems(err: pydantic.ValidationError, smap: SourceMap, data: Any) -> list[Problem]:
+def _problems(err: pydantic.ValidationError, smap: SourceMap, data: Any, root: type[BaseModel]) -> list[Problem]:
     out = []
     for item in err.errors(include_url=False):
         loc = tuple(item["loc"])
-        path, tags = _document_path(loc)
+        path, tags = _document_path(loc, root)
         if tags and not _branch_applies(tags[-1], _lookup(data, path[: _tag_depth(loc, tags[-1])])):
             continue  # an error from the other member of a union (name vs {src: ...})
         kind = item["type"]
         if kind == "extra_forbidden":
-            model = _model_at(GraphSpec, path[:-1])
+            model = _model_at(root, path[:-1])
             allowed = _field_names(model) if model else []
             hint = close_match(str(path[-1]), allowed)
             msg = f"unknown key {path[-1]!r}"
             msg += f" (did you mean {hint!r}?)" if hint else f"; expected one of: {', '.join(allowed)}"
             out.append(smap.problem(path, msg, key=True))
         elif kind == "missing":
-            model = _model_at(GraphSpec, path[:-1])
+            model = _model_at(root, path[:-1])
             where = f" in {model.__name__}" if model else ""
             out.append(smap.problem(path[:-1], f"missing required key {path[-1]!r}{where}"))
         else:
@@ -134,10 +137,10 @@ def _where(path: tuple) -> str:
     return f"{'.'.join(str(p) for p in path)}: " if path else ""
 
 
-def _document_path(loc: tuple) -> tuple[tuple, list[str]]:
+def _document_path(loc: tuple, root: type[BaseModel]) -> tuple[tuple, list[str]]:
     """Split pydantic's union-member tags (``str``, ``InputRef``...) off an error location."""
     out, tags = [], []
-    model: Any = GraphSpec
+    model: Any = root
     for part in loc:
         if isinstance(part, str) and model is not None and _is_tag(model, part):
             tags.append(part)

@@ -1,0 +1,93 @@
+"""Anchors (num_scales x aspect ratios per position), box coding, and NMS."""
+
+from __future__ import annotations
+
+import torch
+from torchvision.ops import batched_nms
+
+__all__ = ["Anchors", "decode_boxes", "encode_boxes", "postprocess"]
+
+
+class Anchors:
+    """Anchor boxes (x1, y1, x2, y2) in the order the heads' outputs flatten to:
+    level, then position (row-major), then scale, then aspect ratio."""
+
+    def __init__(self, levels: list[int], scale: float, num_scales: int, aspect_ratios):
+        self.levels = list(levels)
+        self.scale, self.num_scales = scale, num_scales
+        self.aspect_ratios = [tuple(a) for a in aspect_ratios]
+        self._cache: dict = {}
+
+    @property
+    def per_position(self) -> int:
+        return self.num_scales * len(self.aspect_ratios)
+
+    def boxes(self, sizes: list[tuple[int, int]], device=None) -> torch.Tensor:
+        """All anchors for feature maps of ``sizes`` (one (h, w) per level)."""
+        key = (tuple(sizes), str(device))
+        if key not in self._cache:
+            per_level = []
+            for level, (h, w) in zip(self.levels, sizes):
+                stride = 2.0**level
+                ys = (torch.arange(h, dtype=torch.float64) + 0.5) * stride
+                xs = (torch.arange(w, dtype=torch.float64) + 0.5) * stride
+                cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+                cy, cx = cy.reshape(-1, 1), cx.reshape(-1, 1)
+                half = []
+                for octave in range(self.num_scales):
+                    base = self.scale * stride * 2.0 ** (octave / self.num_scales)
+                    for ax, ay in self.aspect_ratios:
+                        half.append((base * ax / 2.0, base * ay / 2.0))
+                hw = torch.tensor(half, dtype=torch.float64)  # (A, 2)
+                boxes = torch.stack(
+                    [cx - hw[:, 0], cy - hw[:, 1], cx + hw[:, 0], cy + hw[:, 1]], dim=-1
+                )  # (H*W, A, 4)
+                per_level.append(boxes.reshape(-1, 4))
+            self._cache[key] = torch.cat(per_level).float().to(device)
+        return self._cache[key]
+
+
+def encode_boxes(boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """(x1, y1, x2, y2) targets → (ty, tx, th, tw) relative to anchors (TF EfficientDet's order)."""
+    aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    ax, ay = anchors[:, 0] + aw / 2, anchors[:, 1] + ah / 2
+    w, h = (boxes[:, 2] - boxes[:, 0]).clamp(min=1e-3), (boxes[:, 3] - boxes[:, 1]).clamp(min=1e-3)
+    x, y = boxes[:, 0] + w / 2, boxes[:, 1] + h / 2
+    return torch.stack([(y - ay) / ah, (x - ax) / aw, torch.log(h / ah), torch.log(w / aw)], dim=-1)
+
+
+def decode_boxes(codes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``encode_boxes``; codes (..., N, 4) → boxes (..., N, 4) as (x1, y1, x2, y2)."""
+    aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    ax, ay = anchors[:, 0] + aw / 2, anchors[:, 1] + ah / 2
+    ty, tx, th, tw = codes.unbind(-1)
+    w, h = torch.exp(tw.clamp(max=8.0)) * aw, torch.exp(th.clamp(max=8.0)) * ah
+    x, y = tx * aw + ax, ty * ah + ay
+    return torch.stack([x - w / 2, y - h / 2, x + w / 2, y + h / 2], dim=-1)
+
+
+def postprocess(
+    cls_outputs: list[torch.Tensor], box_outputs: list[torch.Tensor], anchors: Anchors,
+    image_size: tuple[int, int], score_threshold: float = 0.05, iou_threshold: float = 0.5,
+    max_detections: int = 100, pre_nms_top_k: int = 1000,
+) -> list[dict[str, torch.Tensor]]:
+    """Per image: the top-scoring (anchor, class) pairs, decoded, clipped, NMS per class."""
+    b = cls_outputs[0].shape[0]
+    num_classes = cls_outputs[0].shape[1] // anchors.per_position
+    cls = torch.cat([c.permute(0, 2, 3, 1).reshape(b, -1, num_classes) for c in cls_outputs], 1)
+    box = torch.cat([x.permute(0, 2, 3, 1).reshape(b, -1, 4) for x in box_outputs], 1)
+    anc = anchors.boxes([tuple(c.shape[-2:]) for c in cls_outputs], cls.device)
+    results = []
+    for i in range(b):
+        scores = cls[i].sigmoid().flatten()
+        k = min(pre_nms_top_k, scores.numel())
+        top, idx = scores.topk(k)
+        keep = top > score_threshold
+        top, idx = top[keep], idx[keep]
+        a, labels = idx // num_classes, idx % num_classes
+        boxes = decode_boxes(box[i, a].float(), anc[a])
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, image_size[1])
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image_size[0])
+        kept = batched_nms(boxes, top.float(), labels, iou_threshold)[:max_detections]
+        results.append({"boxes": boxes[kept], "scores": top[kept], "labels": labels[kept]})
+    return results

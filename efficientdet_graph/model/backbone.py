@@ -1,0 +1,50 @@
+"""Backbones from timm, used with ``features_only``; features picked by stride."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import RegistryError
+
+__all__ = ["Backbone"]
+
+
+class Backbone(nn.Module):
+    """A timm feature extractor returning the maps at strides 2^level for ``levels``.
+
+    ``levels`` may start above what the network gives at its top (the input adapter
+    makes those); every level it does return must be one the network has.
+    """
+
+    def __init__(self, name: str, levels: range, pretrained: bool = False, drop_path_rate: float = 0.0):
+        super().__init__()
+        import timm
+
+        if not timm.is_model(name):
+            raise RegistryError("timm backbone", name, timm.list_models())
+        kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+        try:
+            self.body = timm.create_model(name, features_only=True, pretrained=pretrained, **kwargs)
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise RegistryError("timm backbone with features_only", f"{name} ({e})", []) from None
+        reductions = self.body.feature_info.reduction()
+        by_level = {int(math.log2(r)): i for i, r in enumerate(reductions) if r & (r - 1) == 0}
+        top = max(by_level)
+        wanted = [level for level in levels if level <= top]
+        missing = [level for level in wanted if level not in by_level]
+        if missing or not wanted:
+            raise ValueError(
+                f"backbone {name} gives levels {sorted(by_level)}; the graph needs levels "
+                f"{list(levels)} (levels above {top} are made by the input adapter)"
+            )
+        self.levels = wanted
+        self.indices = [by_level[level] for level in wanted]
+        channels = self.body.feature_info.channels()
+        self.channels = {level: channels[by_level[level]] for level in wanted}
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = self.body(x)
+        return [feats[i] for i in self.indices]

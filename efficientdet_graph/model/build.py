@@ -1,0 +1,141 @@
+"""Model specs → ``EfficientDet`` modules: the one place detectors are assembled."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import torch
+from torch import nn
+
+from ..compile import compile_graph, level_size
+from ..errors import EdgError, Problem, RegistryError, SpecError, close_match
+from ..ops import CompileOptions
+from ..passes import load_graph
+from ..scale import resolve
+from ..spec import ModelSpec, SourceMap, known_names, read_spec
+from ..spec.builtin import builtin_names, resolve_ref
+from .adapter import InputAdapter
+from .anchors import Anchors, postprocess
+from .backbone import Backbone
+from .heads import Head
+
+__all__ = ["EfficientDet", "load_model_spec", "build_model", "create_model", "model_graph"]
+
+
+class EfficientDet(nn.Module):
+    """backbone → input adapter → compiled feature network → class and box heads.
+
+    ``forward(images)`` returns the raw per-level ``(class_outputs, box_outputs)``;
+    ``detect(images)`` decodes them into boxes, scores and labels.
+    """
+
+    def __init__(self, spec: ModelSpec, graph: nx.DiGraph, pretrained_backbone: bool = False):
+        super().__init__()
+        self.spec = spec
+        self.graph = graph
+        opts = CompileOptions(bn_eps=spec.bn_eps, bn_momentum=spec.bn_momentum, padding=spec.padding)
+        lo, hi = graph.graph["levels"]
+        self.levels = list(range(lo, hi + 1))
+        bb = spec.backbone
+        self.backbone = Backbone(bb.name, range(lo, hi + 1), pretrained_backbone or bb.pretrained, bb.drop_path_rate)
+        extra = [level for level in self.levels if level not in self.backbone.levels]
+        top = self.backbone.channels[self.backbone.levels[-1]]
+        self.adapter = InputAdapter(top, extra, spec.fpn_channels, opts)
+        in_channels = {level: self.backbone.channels.get(level, spec.fpn_channels) for level in self.levels}
+        g = graph.copy()
+        g.graph = {**graph.graph, "defaults": dict(graph.graph["defaults"]), "repeat": spec.fpn_repeat}
+        if spec.fusion:
+            g.graph["defaults"]["fusion"] = spec.fusion
+        self.fpn = compile_graph(g, spec.fpn_channels, in_channels, opts)
+        self.anchors = Anchors(self.levels, spec.anchors.scale, spec.anchors.num_scales, spec.anchors.aspect_ratios)
+        a = self.anchors.per_position
+        ch = spec.head_channels
+        if ch != spec.fpn_channels:
+            raise SpecError.single(f"<{spec.name}>", "head_channels must equal fpn_channels (heads read the pyramid)")
+        self.class_net = Head(self.levels, ch, spec.head_repeat, a, spec.num_classes, spec.act, opts, prior=0.01)
+        self.box_net = Head(self.levels, ch, spec.head_repeat, a, 4, spec.act, opts)
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.fpn(*self.adapter(self.backbone(images))))
+
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        feats = self.features(images)
+        return self.class_net(feats), self.box_net(feats)
+
+    @torch.no_grad()
+    def detect(self, images: torch.Tensor, score_threshold: float = 0.05, iou_threshold: float = 0.5,
+               max_detections: int = 100) -> list[dict[str, torch.Tensor]]:
+        cls, box = self(images)
+        return postprocess(cls, box, self.anchors, tuple(images.shape[-2:]), score_threshold, iou_threshold,
+                           max_detections)
+
+    def feature_sizes(self, image_size: int | tuple[int, int]) -> list[tuple[int, int]]:
+        return [level_size(image_size, level) for level in self.levels]
+
+
+def load_model_spec(ref: str | os.PathLike) -> tuple[ModelSpec, SourceMap, Path]:
+    """Read a model spec by built-in name (``efficientdet-d0``) or path."""
+    path = resolve_ref(ref, "specs")
+    reading = read_spec(path, ModelSpec)
+    return reading.raise_problems(), reading.source, path
+
+
+def model_graph(spec: ModelSpec, src: SourceMap | None = None, base: Path | None = None) -> nx.DiGraph:
+    """The feature graph a model spec names, checked against the spec."""
+    src = src or SourceMap(f"<{spec.name}>")
+    try:
+        graph = load_graph(resolve_ref(spec.graph, "graphs", base))
+    except RegistryError as e:
+        raise SpecError([src.problem(("graph",), str(e))]) from None
+    problems: list[Problem] = []
+    if spec.levels is not None and tuple(spec.levels) != tuple(graph.graph["levels"]):
+        problems.append(src.problem(("levels",), f"levels {list(spec.levels)} differ from graph "
+                                    f"{spec.graph!r}'s levels {list(graph.graph['levels'])}"))
+    for kind, value in (("fusion", spec.fusion), ("act", spec.act)):
+        if value is not None and value not in known_names(kind):
+            hint = close_match(value, known_names(kind))
+            problems.append(src.problem((kind,), f"unknown {kind} {value!r}" + (f" (did you mean {hint!r}?)" if hint else "")))
+    if problems:
+        raise SpecError(problems)
+    return graph
+
+
+def build_model(spec: ModelSpec, src: SourceMap | None = None, base: Path | None = None,
+                pretrained_backbone: bool = False, graph: nx.DiGraph | None = None) -> EfficientDet:
+    """The detector a spec describes; ``graph`` replaces the one the spec names."""
+    spec = resolve(spec)
+    if graph is None:
+        graph = model_graph(spec, src, base)
+    try:
+        return EfficientDet(spec, graph, pretrained_backbone)
+    except RegistryError as e:
+        where = src or SourceMap(f"<{spec.name}>")
+        raise SpecError([where.problem(("backbone", "name"), str(e))]) from None
+    except ValueError as e:
+        if isinstance(e, EdgError):
+            raise
+        where = src or SourceMap(f"<{spec.name}>")
+        raise SpecError([where.problem(("backbone",), str(e))]) from None
+
+
+def create_model(name_or_path: str | os.PathLike = "efficientdet-d0", pretrained_backbone: bool = False,
+                 **overrides: Any) -> EfficientDet:
+    """A detector from a built-in spec name (``efficientdet-d0`` ... ``efficientdet-d7x``)
+    or a spec file; keyword arguments override spec fields (``num_classes=20``).
+    Nothing is downloaded unless ``pretrained_backbone=True``."""
+    spec, src, path = load_model_spec(name_or_path)
+    if overrides:
+        unknown = [k for k in overrides if k not in ModelSpec.model_fields]
+        if unknown:
+            hint = close_match(unknown[0], ModelSpec.model_fields)
+            raise SpecError.single(str(path), f"create_model: unknown field {unknown[0]!r}"
+                                   + (f" (did you mean {hint!r}?)" if hint else ""))
+        spec = ModelSpec.model_validate({**spec.model_dump(exclude_unset=True), **overrides})
+    return build_model(spec, src, path.parent, pretrained_backbone)
+
+
+def builtin_models() -> list[str]:
+    return builtin_names("specs")

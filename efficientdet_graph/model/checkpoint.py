@@ -1,0 +1,79 @@
+"""Checkpoints: the spec, the graph and the weights in one file, written atomically and
+read with ``weights_only=True`` (nothing in a checkpoint can run code)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import EdgError
+from ..graph import build_graph, graph_to_yaml
+from ..spec import ModelSpec, load_spec_text
+from .build import EfficientDet, build_model
+
+__all__ = ["FORMAT", "CheckpointError", "save_atomic", "save_model", "load_model", "read_checkpoint"]
+
+FORMAT = "efficientdet-graph/1"
+
+
+class CheckpointError(EdgError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename: a crash
+    leaves either the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_model(model: EfficientDet, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    return save_atomic(
+        {
+            "format": FORMAT,
+            "spec": model.spec.model_dump(mode="json"),
+            "graph": graph_to_yaml(model.graph),
+            "state_dict": model.state_dict(),
+            **(extra or {}),
+        },
+        path,
+    )
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except Exception as e:  # a truncated or foreign file: say so, without a traceback
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    return ckpt
+
+
+def load_model(path: str | os.PathLike) -> EfficientDet:
+    """A model saved by ``save_model``, weights loaded strictly."""
+    ckpt = read_checkpoint(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an efficientdet-graph checkpoint (try `edg convert` for effdet files)")
+    spec = ModelSpec.model_validate(ckpt["spec"])
+    gspec, src = load_spec_text(ckpt["graph"], f"{path}#graph")
+    model = build_model(spec, graph=build_graph(gspec, src))
+    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model
