@@ -9,6 +9,7 @@ from efficientdet_graph import EdgError, PassError, RegistryError, SpecError
 
 EXPECTED = {
     "CompileOptions", "compile_graph", "infer_shapes", "output_shapes",
+    "scale", "create_model", "load_model", "save_model", "profile_model",
     "EdgError", "GraphSpec", "PASSES", "PassError", "PassReport", "Problem", "RegistryError", "SpecError",
     "__version__", "add_same_level_skips", "build_graph", "canonical_hash", "describe_difference", "generate",
     "graph_to_spec", "graph_to_yaml", "load_graph", "load_spec", "load_spec_text", "prune_single_input",
@@ -22,7 +23,7 @@ def test_public_api_is_exactly_what_all_lists():
         assert hasattr(edg, name), name
 
 
-@pytest.mark.parametrize("module", ["spec", "graph", "passes", "ops", "compile", "cli"])
+@pytest.mark.parametrize("module", ["spec", "graph", "passes", "ops", "compile", "scale", "model", "profile", "cli"])
 def test_stage_modules_declare_all(module):
     mod = importlib.import_module(f"efficientdet_graph.{module}")
     for name in mod.__all__:
@@ -47,7 +48,7 @@ def test_stages_import_only_earlier_stages():
     import ast
     from pathlib import Path
 
-    order = ["errors", "spec", "graph", "passes", "ops", "compile", "viz", "cli"]
+    order = ["errors", "spec", "graph", "passes", "ops", "compile", "scale", "model", "profile", "prune", "viz", "cli"]
     root = Path(edg.__file__).parent
     for i, stage in enumerate(order):
         files = [root / f"{stage}.py"] if (root / f"{stage}.py").exists() else list((root / stage).glob("*.py"))

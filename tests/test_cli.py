@@ -166,3 +166,16 @@ def test_compile_bad_in_channels(edg):
     assert code == 2 and "integers" in err
     code, _, err = edg("compile", "bifpn", "--in-channels", "1,2,3,4,5,6")
     assert code == 2 and "outside" in err
+
+
+def test_profile_family_json(edg):
+    code, out, _ = edg("profile", "--family", "efficientdet", "--json")
+    data = json.loads(out)
+    assert code == 0 and "multiply-adds" in data["flops_convention"] and len(data["rows"]) == 9
+    for r in data["rows"]:
+        assert abs(r["params_diff_pct"]) < 1 and abs(r["flops_diff_pct"]) < 1
+
+
+def test_profile_one_model(edg):
+    code, out, _ = edg("profile", "efficientdet-d0", "--image-size", "256")
+    assert code == 0 and "3,877,763 parameters" in out and "L3_P7_out" in out and "multiply-adds" in out

@@ -44,9 +44,15 @@ def profile_model(model: EfficientDet | str | os.PathLike, image_size: int | Non
     device = next(m.parameters()).device
     counts = count_flops(m, (torch.empty(1, 3, size, size, device=device),))
     comps = {c: {"params": count_params(getattr(m, c)), "flops": counts.by_module.get(c, 0)} for c in COMPONENTS}
+    # A node's block is never called itself: the generated forward calls its edges,
+    # fusion and op directly, so its FLOPs are the sum over those calls.
+    called = [n.target for n in m.fpn.graph.nodes if n.op == "call_module"]
     nodes = {}
     for name, block in m.fpn.named_children():
-        nodes[name] = {"params": count_params(block), "flops": counts.by_module.get(f"fpn.{name}", 0)}
+        if name == "out_adapters":
+            continue
+        flops = sum(counts.by_module.get(f"fpn.{t}", 0) for t in called if t.startswith(f"{name}."))
+        nodes[name] = {"params": count_params(block), "flops": flops}
     return Profile(m.spec.name, size, count_params(m), counts.total, comps, nodes)
 
 
