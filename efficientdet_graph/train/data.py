@@ -1,0 +1,209 @@
+"""COCO-format detection data: loading with validation, box-consistent augmentation.
+
+Problems in the data are reported, counted and skipped, never trained on silently: an
+annotation file that is empty or not COCO is an error; an image that is missing or
+will not decode is skipped; a box outside the image is clipped (dropped if nothing of
+it is inside); a degenerate box (width or height under 1 pixel) is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from ..errors import EdgError
+
+__all__ = ["DataError", "DataReport", "CocoDetection", "collate", "letterbox", "resolve_data"]
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+class DataError(EdgError):
+    """A data set that cannot be used."""
+
+
+@dataclass
+class DataReport:
+    images: int = 0
+    boxes: int = 0
+    skipped_images: list[str] = field(default_factory=list)
+    clipped_boxes: int = 0
+    dropped_outside: int = 0
+    dropped_degenerate: int = 0
+    unknown_category: int = 0
+
+    def __str__(self) -> str:
+        parts = [f"{self.images} images, {self.boxes} boxes"]
+        if self.skipped_images:
+            shown = ", ".join(self.skipped_images[:3]) + (" ..." if len(self.skipped_images) > 3 else "")
+            parts.append(f"skipped {len(self.skipped_images)} unreadable image(s) ({shown})")
+        for n, what in ((self.clipped_boxes, "box(es) clipped to the image"),
+                        (self.dropped_outside, "box(es) outside the image dropped"),
+                        (self.dropped_degenerate, "degenerate box(es) dropped"),
+                        (self.unknown_category, "box(es) with an unknown category dropped")):
+            if n:
+                parts.append(f"{n} {what}")
+        return "; ".join(parts)
+
+
+def resolve_data(data: str | Path, split: str) -> tuple[Path, Path]:
+    """``DIR`` (with ``DIR/<split>/annotations.json`` and images) → (annotation file, image dir)."""
+    root = Path(data)
+    for ann, img in ((root / split / "annotations.json", root / split / "images"),
+                     (root / "annotations" / f"instances_{split}.json", root / split),
+                     (root / "annotations.json", root / "images")):
+        if ann.is_file():
+            return ann, img
+    raise DataError(f"{data}: no annotations for split {split!r} (looked for {split}/annotations.json, "
+                    f"annotations/instances_{split}.json, annotations.json)")
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """Images and boxes of a COCO instances file, validated once at construction."""
+
+    def __init__(self, annotations: str | Path, images: str | Path, image_size: int, train: bool,
+                 scale_range: tuple[float, float] = (0.5, 1.5), check_images: bool = True):
+        self.annotations, self.root = Path(annotations), Path(images)
+        self.image_size, self.train, self.scale_range = image_size, train, scale_range
+        try:
+            text = self.annotations.read_text()
+        except OSError as e:
+            raise DataError(f"{annotations}: cannot read ({e.strerror})") from None
+        if not text.strip():
+            raise DataError(f"{annotations}: the annotation file is empty")
+        try:
+            coco = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{annotations}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+        if not isinstance(coco, dict) or not isinstance(coco.get("images"), list) or not isinstance(coco.get("categories"), list):
+            raise DataError(f"{annotations}: not a COCO instances file (needs 'images', 'annotations', 'categories')")
+        if not coco["images"]:
+            raise DataError(f"{annotations}: lists no images")
+        cats = sorted(c["id"] for c in coco["categories"])
+        if not cats:
+            raise DataError(f"{annotations}: lists no categories")
+        self.category_ids = cats
+        self.category_names = {c["id"]: c.get("name", str(c["id"])) for c in coco["categories"]}
+        self.label_of = {cid: i for i, cid in enumerate(cats)}
+        self.report = DataReport()
+        by_image: dict[int, list] = {}
+        for a in coco.get("annotations", []):
+            by_image.setdefault(a.get("image_id"), []).append(a)
+        self.items: list[dict] = []
+        for im in coco["images"]:
+            path = self.root / im["file_name"]
+            try:
+                if check_images:
+                    with Image.open(path) as probe:
+                        probe.verify()
+                with Image.open(path) as probe:
+                    width, height = probe.size
+            except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+                self.report.skipped_images.append(im["file_name"])
+                continue
+            boxes, labels = [], []
+            for a in by_image.get(im["id"], []):
+                if a.get("iscrowd", 0):
+                    continue
+                if a.get("category_id") not in self.label_of:
+                    self.report.unknown_category += 1
+                    continue
+                try:
+                    x, y, w, h = (float(v) for v in a["bbox"])
+                except (KeyError, TypeError, ValueError):
+                    self.report.dropped_degenerate += 1
+                    continue
+                if not (w >= 1 and h >= 1):  # also catches NaN
+                    self.report.dropped_degenerate += 1
+                    continue
+                x0, y0 = max(0.0, x), max(0.0, y)
+                x1, y1 = min(float(width), x + w), min(float(height), y + h)
+                if x1 - x0 < 1 or y1 - y0 < 1:
+                    self.report.dropped_outside += 1
+                    continue
+                if (x0, y0, x1, y1) != (x, y, x + w, y + h):
+                    self.report.clipped_boxes += 1
+                boxes.append([x0, y0, x1, y1])
+                labels.append(self.label_of[a["category_id"]])
+            self.items.append({"id": im["id"], "path": path, "size": (height, width), "boxes": boxes, "labels": labels})
+            self.report.boxes += len(boxes)
+        self.report.images = len(self.items)
+        if not self.items:
+            raise DataError(f"{annotations}: no usable images ({self.report})")
+        self._augment = v2.Compose([
+            v2.RandomHorizontalFlip(0.5),
+            v2.ScaleJitter((image_size, image_size), scale_range=scale_range, antialias=True),
+            v2.RandomCrop((image_size, image_size), pad_if_needed=True),
+            v2.SanitizeBoundingBoxes(min_size=1.0),
+        ])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.category_ids)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict]:
+        """``data[i]``, or ``data[i, seed]``: augmentation drawn from ``seed`` alone, so a
+        sample looks the same whichever process or worker loads it, and after a resume."""
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        if seed is None or not self.train:
+            return self._load(i)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self._load(i)
+
+    def _load(self, i: int) -> tuple[torch.Tensor, dict]:
+        item = self.items[i]
+        try:
+            with Image.open(item["path"]) as im:
+                image = TF.pil_to_tensor(im.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as e:
+            raise DataError(f"{item['path']}: became unreadable during training ({e})") from None
+        h, w = item["size"]
+        boxes = tv_tensors.BoundingBoxes(torch.tensor(item["boxes"], dtype=torch.float32).reshape(-1, 4),
+                                         format="XYXY", canvas_size=(h, w))
+        labels = torch.tensor(item["labels"], dtype=torch.int64)
+        if self.train:
+            image, target = self._augment(image, {"boxes": boxes, "labels": labels})
+            boxes, labels, scale = target["boxes"], target["labels"], 1.0
+        else:
+            image, boxes, scale = letterbox(image, boxes, self.image_size)
+        image = TF.normalize(TF.to_dtype(image, torch.float32, scale=True), MEAN, STD)
+        return image, {"boxes": boxes.as_subclass(torch.Tensor).float(), "labels": labels, "image_id": item["id"],
+                       "scale": scale, "orig_size": (h, w)}
+
+
+def letterbox(image: torch.Tensor, boxes, size: int):
+    """Resize the longer side to ``size`` and pad bottom/right to a square."""
+    h, w = image.shape[-2:]
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    image = TF.resize(image, [nh, nw], antialias=True)
+    image = TF.pad(image, [0, 0, size - nw, size - nh])
+    if boxes is not None:
+        boxes = tv_tensors.wrap(boxes.as_subclass(torch.Tensor) * scale, like=boxes, canvas_size=(size, size))
+    return image, boxes, scale
+
+
+def collate(batch):
+    images = torch.stack([b[0] for b in batch])
+    return images, [b[1] for b in batch]
+
+
+def seeded_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The sample order of an epoch: a pure function of (seed, epoch), so a resumed run
+    sees exactly the batches it would have seen."""
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order

@@ -1,0 +1,312 @@
+"""The training loop: any model spec, any graph; resumable, repeatable, distributed."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import EdgError
+from ..model import EfficientDet, build_model, create_model, save_atomic
+from ..model.checkpoint import FORMAT, read_checkpoint
+from ..graph import build_graph, graph_to_yaml
+from ..spec import ModelSpec, load_spec_text
+from .data import CocoDetection, DataError, collate, resolve_data, seeded_order
+from .evaluate import evaluate
+from .progress import MetricsLog, Progress, plot_curves
+from .synthetic import make_synthetic
+from .targets import DetectionLoss
+
+__all__ = ["TrainConfig", "TrainingDiverged", "train"]
+
+
+class TrainingDiverged(EdgError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "efficientdet-d0"
+    data: str = "synthetic"
+    out: str = "runs/train"
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float | None = None
+    optimizer: str = "adamw"
+    weight_decay: float | None = None
+    warmup_epochs: float = 1.0
+    ema_decay: float = 0.9998
+    clip_grad: float = 10.0
+    device: str = "auto"
+    seed: int = 0
+    image_size: int | None = None
+    graph: str | None = None
+    resume: bool = False
+    freeze_bn: bool = False
+    sync_bn: bool = False
+    workers: int = 0
+    eval_every: int = 1
+    log_every: int = 10
+    max_steps: int | None = None
+    synthetic_train: int = 512
+    synthetic_val: int = 128
+    synthetic_classes: int = 3
+    quiet: bool = False
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise EdgError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+class _Ema:
+    """Exponential moving average of weights and buffers, with TF's warm-up of the decay."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for (_, e), (_, m) in zip(self.model.state_dict().items(), model.state_dict().items()):
+            if e.dtype.is_floating_point:
+                e.mul_(d).add_(m.detach(), alpha=1 - d)
+            else:
+                e.copy_(m)
+
+
+def _data_paths(cfg: TrainConfig) -> Path:
+    if cfg.data != "synthetic":
+        return Path(cfg.data)
+    root = Path(cfg.out) / "data"
+    marker = root / "val" / "annotations.json"
+    if not marker.exists():
+        make_synthetic(root, cfg.synthetic_train, cfg.synthetic_val, cfg.image_size or 128,
+                       cfg.synthetic_classes, cfg.seed)
+    return root
+
+
+def _build(cfg: TrainConfig, num_classes: int) -> EfficientDet:
+    overrides = {"num_classes": num_classes}
+    if cfg.image_size:
+        overrides["image_size"] = cfg.image_size
+    if cfg.graph:
+        overrides["graph"] = cfg.graph
+    return create_model(cfg.model, **overrides)
+
+
+def _lr_lambda(total: int, warmup: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return 0.1 + 0.9 * step / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train, evaluate every ``eval_every`` epochs, checkpoint every epoch; returns a summary."""
+    rank, world = _distributed()
+    main = rank == 0
+    device = _device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    out = Path(cfg.out)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    if world > 1:
+        dist.barrier()
+    root = _data_paths(cfg) if main else None
+    if world > 1:
+        dist.barrier()
+        root = _data_paths(cfg)
+    if cfg.batch_size % world:
+        raise EdgError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
+
+    torch.manual_seed(cfg.seed)
+    ckpt_path = out / "last.pt"
+    resumed = read_checkpoint(ckpt_path) if cfg.resume and ckpt_path.exists() else None
+    if cfg.resume and resumed is None and main:
+        print(f"no checkpoint at {ckpt_path}; starting from scratch")
+    if resumed is not None:
+        spec = ModelSpec.model_validate(resumed["spec"])
+        gspec, gsrc = load_spec_text(resumed["graph"], f"{ckpt_path}#graph")
+        model = build_model(spec, graph=build_graph(gspec, gsrc))
+    else:
+        ann, _ = resolve_data(root, "train")
+        probe = CocoDetection(ann, resolve_data(root, "train")[1], 64, train=False, check_images=False)
+        model = _build(cfg, probe.num_classes)
+    size = model.spec.image_size
+    train_ann, train_img = resolve_data(root, "train")
+    train_set = CocoDetection(train_ann, train_img, size, train=True)
+    val_set = None
+    try:
+        val_ann, val_img = resolve_data(root, "val")
+        val_set = CocoDetection(val_ann, val_img, size, train=False)
+    except DataError as e:
+        if main:
+            print(f"no validation split ({e}); training without evaluation")
+    if train_set.num_classes != model.spec.num_classes:
+        raise DataError(f"the data has {train_set.num_classes} classes, the model {model.spec.num_classes}")
+    if main and not cfg.quiet:
+        print(f"train data: {train_set.report}")
+        if val_set is not None:
+            print(f"val data:   {val_set.report}")
+
+    if cfg.sync_bn and world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    ema = _Ema(model, cfg.ema_decay)
+    steps_per_epoch = len(train_set) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise DataError(f"{len(train_set)} training images are fewer than one batch of {cfg.batch_size}")
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.optimizer == "sgd":
+        lr = cfg.lr or 0.08 * cfg.batch_size / 64
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9,
+                              weight_decay=4e-5 if cfg.weight_decay is None else cfg.weight_decay)
+    elif cfg.optimizer == "adamw":
+        lr = cfg.lr or 2e-3
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01 if cfg.weight_decay is None else cfg.weight_decay)
+    else:
+        raise EdgError(f"--optimizer must be sgd or adamw, got {cfg.optimizer!r}")
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total_steps, warmup))
+    start_epoch, step = 0, 0
+    if resumed is not None:
+        state = resumed["train_state"]
+        model.load_state_dict(state["model"])
+        ema.model.load_state_dict(resumed["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, step = state["epoch"], state["step"]
+        if main:
+            print(f"resumed from {ckpt_path}: epoch {start_epoch}, step {step}")
+    log = MetricsLog(out / "metrics.jsonl", enabled=main)
+    if resumed is not None:
+        log.truncate_after(step)
+    elif main and log.path.exists():
+        log.path.unlink()
+    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    loss_fn = DetectionLoss(model.anchors, model.spec.num_classes)
+    use_amp = device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    per_rank = cfg.batch_size // world
+    summary: dict = {"epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch}
+    last_eval: dict = {}
+
+    for epoch in range(start_epoch, cfg.epochs):
+        net.train()
+        if cfg.freeze_bn:
+            for mod in net.modules():
+                if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                    mod.eval()
+        order = seeded_order(len(train_set), cfg.seed, epoch)
+        bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", enabled=main and not cfg.quiet)
+        t0, seen, epoch_loss = time.perf_counter(), 0, 0.0
+        for i in range(steps_per_epoch):
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
+            batch = order[i * cfg.batch_size:(i + 1) * cfg.batch_size][rank * per_rank:(rank + 1) * per_rank]
+            samples = [train_set[j, cfg.seed * 7_919_993 + epoch * 100_003 + j] for j in batch]
+            images, targets = collate(samples)
+            images = images.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                cls_out, box_out = net(images)
+            with torch.no_grad():
+                _, _, pos = loss_fn.sums([c.detach() for c in cls_out], [b.detach() for b in box_out], targets)
+                pos_total = pos.clone()
+                if world > 1:
+                    dist.all_reduce(pos_total)
+            losses = loss_fn(cls_out, box_out, targets, positives_total=pos_total, world_size=world)
+            loss = losses["loss"]
+            report = torch.stack([loss.detach() / world, losses["cls"].detach() / world, losses["box"].detach() / world])
+            if world > 1:
+                dist.all_reduce(report)
+            if not torch.isfinite(report).all():
+                raise TrainingDiverged(
+                    f"the loss became {report[0].item()} at step {step + 1} (epoch {epoch + 1}); stopped. "
+                    f"The last good checkpoint is {ckpt_path if ckpt_path.exists() else '(none yet)'}; "
+                    "try a lower --lr")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            step += 1
+            ema.update(model, step)
+            seen += images.shape[0] * world
+            value = report[0].item()
+            epoch_loss += value
+            speed = seen / (time.perf_counter() - t0)
+            bar.update(1, loss=value, **{"img/s": speed})
+            if step % cfg.log_every == 0 or i == steps_per_epoch - 1:
+                log.write(type="step", epoch=epoch + 1, step=step, loss=value, cls=report[1].item(),
+                          box_weighted=loss_fn.cfg.box_weight * report[2].item(), lr=sched.get_last_lr()[0],
+                          img_per_s=speed)
+        bar.close()
+        done = cfg.max_steps is not None and step >= cfg.max_steps and step < (epoch + 1) * steps_per_epoch
+        if done:
+            summary["stopped_at_step"] = step
+            break
+        record = {"type": "epoch", "epoch": epoch + 1, "step": step,
+                  "loss": epoch_loss / steps_per_epoch, "img_per_s": seen / (time.perf_counter() - t0)}
+        if main and val_set is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            last_eval = evaluate(ema.model, val_set, cfg.batch_size, str(device),
+                                 out / "predictions_val.json" if epoch + 1 == cfg.epochs else None)
+            record.update(last_eval)
+            if not cfg.quiet:
+                print(f"epoch {epoch + 1}: loss {record['loss']:.4f}, val mAP {last_eval['map']:.3f}, "
+                      f"mAP@0.5 {last_eval['map50']:.3f}")
+        if main:
+            log.write(**record)
+            _save(ckpt_path, model, ema, opt, sched, epoch + 1, step, cfg)
+            plot_curves(log.read(), out / "curves.png")
+        if world > 1:
+            dist.barrier()
+    summary.update(step=step, **last_eval)
+    if main:
+        summary["checkpoint"] = str(ckpt_path)
+        summary["curves"] = str(out / "curves.png")
+    return summary
+
+
+def _save(path: Path, model: EfficientDet, ema: _Ema, opt, sched, epoch: int, step: int, cfg: TrainConfig) -> None:
+    plain = model.module if hasattr(model, "module") else model
+    save_atomic({
+        "format": FORMAT,
+        "spec": plain.spec.model_dump(mode="json"),
+        "graph": graph_to_yaml(plain.graph),
+        "state_dict": ema.model.state_dict(),  # what eval / predict use
+        "train_state": {"model": plain.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "epoch": epoch, "step": step,
+                        "config": asdict(cfg)},
+    }, path)
+
+
