@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test install install-test clean proof ablation
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +24,11 @@ test: install-test
 
 clean:
 	rm -rf $(VENV) runs build dist *.egg-info
+
+# The learning proof: tiny-bifpn on the synthetic set, from scratch, on the CPU.
+proof: install
+	$(BIN)/edg train tiny-bifpn --epochs 20 --out runs/proof
+
+# The paper's ablation in miniature: FPN, PANet, NAS-FPN, BiFPN at equal scale.
+ablation: install
+	$(BIN)/edg ablation --graphs fpn panet nasfpn bifpn --model tiny-bifpn --epochs 20 --out runs/ablation

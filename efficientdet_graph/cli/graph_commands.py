@@ -52,8 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", help="write to a file; .png or .svg draws the graph")
     p.set_defaults(handler=cmd_show)
 
-    p = sub.add_parser("tour", help="a short tour: validate the built-ins, derive BiFPN, draw it")
-    p.add_argument("--out", default="runs/tour", help="folder for the figures (default runs/tour)")
+    p = sub.add_parser("tour", help="a short tour: built-ins, BiFPN from PANet, compile, count, train briefly")
+    p.add_argument("--out", default="runs/tour", help="folder for figures and the training run (default runs/tour)")
+    p.add_argument("--train-epochs", type=int, default=4, help="epochs of the short training run (0: skip)")
     p.set_defaults(handler=cmd_tour)
 
 
@@ -180,7 +181,31 @@ def cmd_tour(args: argparse.Namespace) -> int:
         viz.draw(load_graph(name), out / f"{name}.png")
     print(f"\n   figures: {out}/bifpn.png, {out}/panet.png, {out}/nasfpn.png")
     _tour_compile()
+    _tour_family()
+    if args.train_epochs > 0:
+        _tour_train(out, args.train_epochs)
     return 0
+
+
+def _tour_family() -> None:
+    from ..profile import family_rows
+
+    print("\n== 5. The EfficientDet family against the official counts (FLOPs = multiply-adds)")
+    for r in family_rows():
+        print(f"   {r['model']:<17} params {r['params']:>11,} ({r['params_diff_pct']:+.2f}%; with TF's conv biases "
+              f"{r['params_with_tf_biases_diff_pct']:+.2f}%)  FLOPs {r['flops']:>16,} ({r['flops_diff_pct']:+.2f}%)")
+
+
+def _tour_train(out: Path, epochs: int) -> None:
+    from ..train import TrainConfig, train
+
+    print(f"\n== 6. A short training run: tiny-bifpn (BiFPN at D0 width, MobileNetV3) on synthetic shapes, "
+          f"{epochs} epochs")
+    s = train(TrainConfig(model="tiny-bifpn", out=str(out / "train"), epochs=epochs, synthetic_train=256,
+                          synthetic_val=64, eval_every=epochs))
+    print(f"   val mAP@[.5:.95] {s.get('map', 0):.3f}, mAP@0.5 {s.get('map50', 0):.3f} after {s['step']} steps "
+          f"(a short run; `make proof` trains long enough to reach mAP@0.5 >= 0.5)")
+    print(f"   curves: {s['curves']}   checkpoint: {s['checkpoint']}")
 
 
 def _tour_compile() -> None:

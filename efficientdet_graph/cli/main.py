@@ -11,7 +11,7 @@ import sys
 from typing import Callable, Sequence
 
 from ..errors import EdgError
-from . import compile_commands, graph_commands, model_commands
+from . import compile_commands, graph_commands, model_commands, train_commands
 
 __all__ = ["main", "build_parser"]
 
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     graph_commands.register(sub)
     compile_commands.register(sub)
     model_commands.register(sub)
+    train_commands.register(sub)
     return parser
 
 

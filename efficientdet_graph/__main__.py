@@ -1,0 +1,7 @@
+"""``python -m efficientdet_graph`` (and ``torchrun -m efficientdet_graph train ...``)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

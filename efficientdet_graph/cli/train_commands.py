@@ -1,0 +1,201 @@
+"""Sub-commands that train and evaluate: data, train, eval, predict, ablation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="make the built-in synthetic data set (COCO format)")
+    p.add_argument("kind", choices=("synthetic",))
+    p.add_argument("--out", required=True)
+    p.add_argument("--train", type=int, default=512)
+    p.add_argument("--val", type=int, default=128)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--classes", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=cmd_data)
+
+    p = sub.add_parser("train", help="train a model spec on COCO-format or synthetic data")
+    p.add_argument("model", metavar="SPEC", help="built-in model name or spec file")
+    _train_args(p)
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("eval", help="COCO mAP of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", required=True, help="data folder (DIR/val/annotations.json + images)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--results", default=None, help="write the predictions as COCO results JSON")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_eval)
+
+    p = sub.add_parser("predict", help="draw a checkpoint's detections on images (PNG)")
+    p.add_argument("checkpoint")
+    p.add_argument("images", nargs="+")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--score", type=float, default=0.3)
+    p.set_defaults(handler=cmd_predict)
+
+    p = sub.add_parser("ablation", help="train several graphs at equal scale and compare them")
+    p.add_argument("--graphs", nargs="+", default=["fpn", "panet", "nasfpn", "bifpn"])
+    p.add_argument("--model", default="tiny-bifpn", help="the spec every graph is put into")
+    _train_args(p, default_out="runs/ablation")
+    p.set_defaults(handler=cmd_ablation)
+
+
+def _train_args(p: argparse.ArgumentParser, default_out: str = "runs/train") -> None:
+    p.add_argument("--data", default="synthetic", help="data folder, or 'synthetic' (made under OUT/data)")
+    p.add_argument("--out", default=default_out)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=16, help="global batch (split across processes)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--graph", default=None, help="replace the spec's graph")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--freeze-bn", action="store_true")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (torchrun)")
+    p.add_argument("--eval-every", type=int, default=1)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (testing)")
+    p.add_argument("--log-every", type=int, default=10, help="steps between metrics lines")
+    p.add_argument("--synthetic-train", type=int, default=512)
+    p.add_argument("--synthetic-val", type=int, default=128)
+    p.add_argument("--quiet", action="store_true")
+
+
+def _config(args: argparse.Namespace, **override):
+    from ..train import TrainConfig
+
+    return TrainConfig(
+        model=args.model, data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, optimizer=args.optimizer, device=args.device, seed=args.seed, image_size=args.image_size,
+        graph=args.graph, resume=args.resume, freeze_bn=args.freeze_bn, sync_bn=args.sync_bn,
+        eval_every=args.eval_every, max_steps=args.max_steps, synthetic_train=args.synthetic_train,
+        synthetic_val=args.synthetic_val, quiet=args.quiet, log_every=args.log_every, **override,
+    )
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from ..train import make_synthetic
+
+    out = make_synthetic(args.out, args.train, args.val, args.size, args.classes, args.seed)
+    print(f"wrote {out}/train ({args.train} images) and {out}/val ({args.val} images), COCO format")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..train import TrainingDiverged, train
+
+    try:
+        summary = train(_config(args))
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if "map50" in summary:
+        print(f"done: {summary['step']} steps; val mAP@[.5:.95] {summary['map']:.3f}, mAP@0.5 {summary['map50']:.3f}")
+    print(f"checkpoint: {summary.get('checkpoint')}  curves: {summary.get('curves')}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..model import load_model
+    from ..train import CocoDetection, evaluate, resolve_data
+    from ..train.loop import _device
+
+    model = load_model(args.checkpoint)
+    ann, img = resolve_data(args.data, args.split)
+    data = CocoDetection(ann, img, model.spec.image_size, train=False)
+    print(f"{args.split} data: {data.report}", file=sys.stderr)
+    metrics = evaluate(model, data, args.batch_size, str(_device(args.device)),
+                       Path(args.results) if args.results else None)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        names = {"map": "AP", "map50": "AP50", "map75": "AP75", "map_small": "AP_small",
+                 "map_medium": "AP_medium", "map_large": "AP_large"}
+        print("  ".join(f"{names[k]} {v:.3f}" for k, v in metrics.items()))
+    if args.results:
+        print(f"predictions: {args.results}", file=sys.stderr)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as TF
+
+    from ..model import load_model
+    from ..train.data import MEAN, STD, DataError, letterbox
+    from ..train.evaluate import draw_detections
+
+    model = load_model(args.checkpoint).eval()
+    names = {i + 1: str(i) for i in range(model.spec.num_classes)}
+    out = Path(args.out)
+    for path in map(Path, args.images):
+        try:
+            with Image.open(path) as im:
+                image = TF.pil_to_tensor(im.convert("RGB"))
+        except OSError as e:
+            raise DataError(f"{path}: cannot read the image ({e})") from None
+        h, w = image.shape[-2:]
+        x, _, scale = letterbox(image, None, model.spec.image_size)
+        x = TF.normalize(TF.to_dtype(x, torch.float32, scale=True), MEAN, STD)
+        det = model.detect(x[None], score_threshold=args.score)[0]
+        dets = []
+        for (x0, y0, x1, y1), s, label in zip((det["boxes"] / scale).tolist(), det["scores"].tolist(), det["labels"].tolist()):
+            dets.append({"bbox": [x0, y0, x1 - x0, y1 - y0], "score": s, "category_id": label + 1})
+        target = draw_detections(path, dets, names, out / f"{path.stem}_pred.png", args.score)
+        print(f"{path}: {len(dets)} detections -> {target}")
+    return 0
+
+
+def cmd_ablation(args: argparse.Namespace) -> int:
+    from ..profile import profile_model
+    from ..model import create_model
+    from ..train import train
+    from .._io import atomic_write_text
+
+    out = Path(args.out)
+    data = args.data
+    if data == "synthetic":
+        from ..train import make_synthetic
+
+        data = str(out / "data")
+        if not (Path(data) / "val" / "annotations.json").exists():
+            make_synthetic(data, args.synthetic_train, args.synthetic_val, args.image_size or 128, 3, args.seed)
+    rows = []
+    for graph in args.graphs:
+        print(f"== {graph}")
+        summary = train(_config(args, data=data, out=str(out / graph), graph=graph))
+        model = create_model(args.model, graph=graph, num_classes=3,
+                             **({"image_size": args.image_size} if args.image_size else {}))
+        prof = profile_model(model)
+        from ..train.progress import MetricsLog
+
+        speeds = [r["img_per_s"] for r in MetricsLog(out / graph / "metrics.jsonl").read() if r.get("type") == "epoch"]
+        rows.append({"graph": graph, "params": prof.params, "fpn_params": prof.components["fpn"]["params"],
+                     "flops": prof.flops, "fpn_flops": prof.components["fpn"]["flops"],
+                     "map": summary.get("map", 0.0), "map50": summary.get("map50", 0.0),
+                     "train_img_per_s": sorted(speeds)[len(speeds) // 2] if speeds else 0.0})
+    lines = [f"Ablation: graphs in `{args.model}` at equal scale, {args.epochs} epochs, seed {args.seed}; "
+             "FLOPs = multiply-adds (fvcore convention).", "",
+             "| graph | params | feature-net params | FLOPs | feature-net FLOPs | mAP | mAP@0.5 | train img/s (median) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['graph']} | {r['params']:,} | {r['fpn_params']:,} | {r['flops']:,} | {r['fpn_flops']:,} "
+                     f"| {r['map']:.3f} | {r['map50']:.3f} | {r['train_img_per_s']:.1f} |")
+    table = "\n".join(lines) + "\n"
+    atomic_write_text(out / "table.md", table)
+    atomic_write_text(out / "table.json", json.dumps(rows, indent=2))
+    print(table)
+    print(f"wrote {out / 'table.md'} and {out / 'table.json'}")
+    return 0
