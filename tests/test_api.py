@@ -23,7 +23,7 @@ def test_public_api_is_exactly_what_all_lists():
         assert hasattr(edg, name), name
 
 
-@pytest.mark.parametrize("module", ["spec", "graph", "passes", "ops", "compile", "scale", "model", "profile", "cli"])
+@pytest.mark.parametrize("module", ["spec", "graph", "passes", "ops", "compile", "scale", "model", "profile", "train", "cli"])
 def test_stage_modules_declare_all(module):
     mod = importlib.import_module(f"efficientdet_graph.{module}")
     for name in mod.__all__:
@@ -48,7 +48,8 @@ def test_stages_import_only_earlier_stages():
     import ast
     from pathlib import Path
 
-    order = ["errors", "spec", "graph", "passes", "ops", "compile", "scale", "model", "profile", "prune", "viz", "cli"]
+    order = ["errors", "spec", "graph", "passes", "ops", "compile", "scale", "model", "profile", "prune", "train",
+             "viz", "cli"]
     root = Path(edg.__file__).parent
     for i, stage in enumerate(order):
         files = [root / f"{stage}.py"] if (root / f"{stage}.py").exists() else list((root / stage).glob("*.py"))

@@ -47,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--graphs", nargs="+", default=["fpn", "panet", "nasfpn", "bifpn"])
     p.add_argument("--model", default="tiny-bifpn", help="the spec every graph is put into")
     _train_args(p, default_out="runs/ablation")
+    p.set_defaults(graph=None)
     p.set_defaults(handler=cmd_ablation)
 
 
@@ -75,13 +76,14 @@ def _train_args(p: argparse.ArgumentParser, default_out: str = "runs/train") -> 
 def _config(args: argparse.Namespace, **override):
     from ..train import TrainConfig
 
-    return TrainConfig(
+    fields = dict(
         model=args.model, data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, optimizer=args.optimizer, device=args.device, seed=args.seed, image_size=args.image_size,
         graph=args.graph, resume=args.resume, freeze_bn=args.freeze_bn, sync_bn=args.sync_bn,
         eval_every=args.eval_every, max_steps=args.max_steps, synthetic_train=args.synthetic_train,
-        synthetic_val=args.synthetic_val, quiet=args.quiet, log_every=args.log_every, **override,
+        synthetic_val=args.synthetic_val, quiet=args.quiet, log_every=args.log_every,
     )
+    return TrainConfig(**{**fields, **override})
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -159,8 +161,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_ablation(args: argparse.Namespace) -> int:
+    from ..model import load_model
     from ..profile import profile_model
-    from ..model import create_model
     from ..train import train
     from .._io import atomic_write_text
 
@@ -176,9 +178,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     for graph in args.graphs:
         print(f"== {graph}")
         summary = train(_config(args, data=data, out=str(out / graph), graph=graph))
-        model = create_model(args.model, graph=graph, num_classes=3,
-                             **({"image_size": args.image_size} if args.image_size else {}))
-        prof = profile_model(model)
+        prof = profile_model(load_model(out / graph / "last.pt"))
         from ..train.progress import MetricsLog
 
         speeds = [r["img_per_s"] for r in MetricsLog(out / graph / "metrics.jsonl").read() if r.get("type") == "epoch"]

@@ -1,0 +1,225 @@
+"""Side-by-side speed of our compiled EfficientDet and effdet's, in one process.
+
+Both models are built for the same configuration (effdet with pretrained_backbone=False),
+ours is loaded with effdet's weights through the converter (and checked to give the same
+outputs), and both run on identical inputs. Measurements alternate between the two
+implementations, repetition by repetition, so drift on a noisy machine hits both alike.
+Reported: medians, ours/effdet ratios, and peak memory.
+
+    python benchmarks/bench_effdet.py --model d0 --device cpu --threads 2
+    python benchmarks/bench_effdet.py --model d0 --device cuda --batch 1 8
+
+Not part of the test run; there are no timing assertions anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+EFFDET = {"d0": "efficientdet_d0", "d1": "efficientdet_d1", "d2": "efficientdet_d2", "d3": "efficientdet_d3"}
+
+
+def build(name: str, size: int, device: torch.device):
+    import effdet
+
+    from efficientdet_graph.model import convert_effdet, create_model
+
+    torch.manual_seed(0)
+    ref = effdet.create_model(EFFDET[name], pretrained=False, pretrained_backbone=False, image_size=(size, size))
+    ours = create_model(f"efficientdet-{name}", image_size=size)
+    convert_effdet(ours, ref.state_dict())
+    return ours.to(device), ref.to(device)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def compare(label: str, fns: dict, device, warmup: int, reps: int) -> dict:
+    """Median seconds of each function, measured alternately."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            samples[k].append(timed(fn, device))
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    row = {"what": label, "ours_ms": 1e3 * med["ours"], "effdet_ms": 1e3 * med["effdet"],
+           "ratio": med["ours"] / med["effdet"]}
+    print(f"  {label:<44} ours {row['ours_ms']:9.2f} ms   effdet {row['effdet_ms']:9.2f} ms   ratio {row['ratio']:.3f}",
+          flush=True)
+    return row
+
+
+def run(args) -> list[dict]:
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    ours, ref = build(args.model, args.size, device)
+    rows = []
+    for batch in args.batch:
+        x = torch.randn(batch, 3, args.size, args.size, device=device)
+        ours.eval(), ref.eval()
+        with torch.no_grad():
+            a, b = ours(x), ref(x)
+            diff = max(float((p - q).abs().max()) for p, q in zip(a[0] + a[1], b[0] + b[1]))
+            feats_ours = ours.backbone(x)
+            feats_ref = ref.backbone(x)
+        print(f"batch {batch}: outputs agree to {diff:.2e}")
+        variants = [("eager", False)] + ([("channels_last", True)] if device.type == "cuda" else [])
+        amp = [None] + ([torch.bfloat16, torch.float16] if device.type == "cuda" else [])
+        for tag, cl in variants:
+            for dtype in amp:
+                suffix = f"{tag}" + (f", {str(dtype).split('.')[-1]} autocast" if dtype else "")
+                mf = torch.channels_last if cl else torch.contiguous_format
+                o, r = ours.to(memory_format=mf), ref.to(memory_format=mf)
+                xi = x.to(memory_format=mf)
+
+                def ctx():
+                    return torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type, enabled=False)
+
+                def fpn_o():
+                    with torch.no_grad(), ctx():
+                        o.fpn(*o.adapter(feats_ours))
+
+                def fpn_r():
+                    with torch.no_grad(), ctx():
+                        r.fpn(feats_ref)
+
+                def fwd_o():
+                    with torch.no_grad(), ctx():
+                        o(xi)
+
+                def fwd_r():
+                    with torch.no_grad(), ctx():
+                        r(xi)
+
+                rows.append({"batch": batch, **compare(f"feature network, inference ({suffix})",
+                                                       {"ours": fpn_o, "effdet": fpn_r}, device, args.warmup, args.reps)})
+                rows.append({"batch": batch, **compare(f"full model forward ({suffix})",
+                                                       {"ours": fwd_o, "effdet": fwd_r}, device, args.warmup, args.reps)})
+                opt_o = torch.optim.SGD(o.parameters(), lr=1e-4, momentum=0.9)
+                opt_r = torch.optim.SGD(r.parameters(), lr=1e-4, momentum=0.9)
+
+                def step(model, opt):
+                    def f():
+                        model.train()
+                        with ctx():
+                            c, bx = model(xi)
+                            loss = sum(t.float().square().mean() for t in c + bx)
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                    return f
+
+                rows.append({"batch": batch, **compare(f"training step ({suffix})",
+                                                       {"ours": step(o, opt_o), "effdet": step(r, opt_r)},
+                                                       device, args.warmup, max(3, args.reps // 2))})
+        if args.compile:
+            ours.eval(), ref.eval()
+            compiled, times = {}, {}
+            for k, m in (("ours", ours), ("effdet", ref)):
+                torch._dynamo.reset()
+                cm = torch.compile(m)
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    cm(x)
+                sync(device)
+                times[k] = time.perf_counter() - t0
+                compiled[k] = cm
+            row = {"what": "torch.compile time (first call)", "ours_ms": 1e3 * times["ours"],
+                   "effdet_ms": 1e3 * times["effdet"], "ratio": times["ours"] / times["effdet"], "batch": batch}
+            print(f"  {row['what']:<44} ours {row['ours_ms']:9.0f} ms   effdet {row['effdet_ms']:9.0f} ms   "
+                  f"ratio {row['ratio']:.3f}", flush=True)
+            rows.append(row)
+
+            def cf(m):
+                def f():
+                    with torch.no_grad():
+                        m(x)
+                return f
+
+            rows.append({"batch": batch, **compare("full model forward (torch.compile)",
+                                                   {"ours": cf(compiled["ours"]), "effdet": cf(compiled["effdet"])},
+                                                   device, args.warmup, args.reps)})
+    return rows
+
+
+def peak_memory(args) -> dict:
+    """Peak resident memory (CPU) or peak allocated (CUDA) of one forward + training step,
+    each implementation in a fresh child process so neither sees the other's memory."""
+    out = {}
+    for impl in ("ours", "effdet"):
+        code = (
+            "import sys, resource, torch; sys.path.insert(0, 'benchmarks');"
+            "from bench_effdet import build;"
+            f"d = torch.device('{args.device}'); torch.set_num_threads({args.threads});"
+            f"o, r = build('{args.model}', {args.size}, d); m = {'o' if impl == 'ours' else 'r'}; del o, r;"
+            f"x = torch.randn({args.batch[0]}, 3, {args.size}, {args.size}, device=d);"
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+            "c, b = m(x); sum(t.square().mean() for t in c + b).backward();"
+            "peak = (torch.cuda.max_memory_allocated() / 2**20) if d.type == 'cuda' else "
+            "(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024);"
+            "print(peak)"
+        )
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        out[impl] = float(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else float("nan")
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="d0", choices=sorted(EFFDET))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--size", type=int, default=None, help="image size (default: the model's)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1])
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--compile", action="store_true", help="also torch.compile both (slow to build on a CPU)")
+    p.add_argument("--out", default=None, help="write results JSON here")
+    args = p.parse_args()
+    args.size = args.size or {"d0": 512, "d1": 640, "d2": 768, "d3": 896}[args.model]
+    env = {"date": str(date.today()), "machine": platform.processor() or platform.machine(),
+           "python": platform.python_version(), "torch": torch.__version__, "device": args.device,
+           "threads": args.threads if args.device == "cpu" else None, "model": args.model, "size": args.size}
+    try:
+        import effdet
+        import timm
+
+        env.update(effdet=effdet.__version__, timm=timm.__version__)
+    except Exception:  # pragma: no cover - reported, not fatal
+        pass
+    if args.device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name()
+    print(json.dumps(env))
+    rows = run(args)
+    mem = peak_memory(args)
+    print(f"  peak memory, forward + backward (MiB): ours {mem['ours']:.0f}, effdet {mem['effdet']:.0f}, "
+          f"ratio {mem['ours'] / mem['effdet']:.3f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"env": env, "rows": rows, "peak_memory_mib": mem}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
