@@ -29,15 +29,21 @@ import torch
 EFFDET = {"d0": "efficientdet_d0", "d1": "efficientdet_d1", "d2": "efficientdet_d2", "d3": "efficientdet_d3"}
 
 
-def build(name: str, size: int, device: torch.device):
+def build(name: str, size: int, device: torch.device, only: str | None = None):
+    """Both models with the same weights (``only="ours"``/``"effdet"``: just that one)."""
     import effdet
 
     from efficientdet_graph.model import convert_effdet, create_model
 
     torch.manual_seed(0)
     ref = effdet.create_model(EFFDET[name], pretrained=False, pretrained_backbone=False, image_size=(size, size))
+    if only == "effdet":
+        return ref.to(device)
     ours = create_model(f"efficientdet-{name}", image_size=size)
     convert_effdet(ours, ref.state_dict())
+    if only == "ours":
+        del ref
+        return ours.to(device)
     return ours.to(device), ref.to(device)
 
 
@@ -104,7 +110,7 @@ def run(args) -> list[dict]:
 
                 def fpn_r():
                     with torch.no_grad(), ctx():
-                        r.fpn(feats_ref)
+                        r.fpn(list(feats_ref))  # effdet appends P6, P7 to the list it is given
 
                 def fwd_o():
                     with torch.no_grad(), ctx():
@@ -137,21 +143,11 @@ def run(args) -> list[dict]:
                                                        device, args.warmup, max(3, args.reps // 2))})
         if args.compile:
             ours.eval(), ref.eval()
-            compiled, times = {}, {}
+            compiled = {}
             for k, m in (("ours", ours), ("effdet", ref)):
-                torch._dynamo.reset()
-                cm = torch.compile(m)
-                t0 = time.perf_counter()
+                compiled[k] = torch.compile(m)
                 with torch.no_grad():
-                    cm(x)
-                sync(device)
-                times[k] = time.perf_counter() - t0
-                compiled[k] = cm
-            row = {"what": "torch.compile time (first call)", "ours_ms": 1e3 * times["ours"],
-                   "effdet_ms": 1e3 * times["effdet"], "ratio": times["ours"] / times["effdet"], "batch": batch}
-            print(f"  {row['what']:<44} ours {row['ours_ms']:9.0f} ms   effdet {row['effdet_ms']:9.0f} ms   "
-                  f"ratio {row['ratio']:.3f}", flush=True)
-            rows.append(row)
+                    compiled[k](x)
 
             def cf(m):
                 def f():
@@ -162,24 +158,70 @@ def run(args) -> list[dict]:
             rows.append({"batch": batch, **compare("full model forward (torch.compile)",
                                                    {"ours": cf(compiled["ours"]), "effdet": cf(compiled["effdet"])},
                                                    device, args.warmup, args.reps)})
+    if args.compile:
+        t = compile_times(args)
+        row = {"what": "torch.compile time (cold, first call)", "ours_ms": 1e3 * t["ours"],
+               "effdet_ms": 1e3 * t["effdet"], "ratio": t["ours"] / t["effdet"], "batch": args.batch[0]}
+        print(f"  {row['what']:<44} ours {row['ours_ms']:9.0f} ms   effdet {row['effdet_ms']:9.0f} ms   "
+              f"ratio {row['ratio']:.3f}", flush=True)
+        rows.append(row)
     return rows
 
 
+def rss_kib(field: str) -> int:
+    """A field of /proc/self/status in KiB (VmRSS: now; VmHWM: peak since the last reset)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def compile_times(args, rounds: int = 2) -> dict:
+    """Cold ``torch.compile`` time (first call) of each implementation, each in a fresh
+    process with the compile caches off, alternating, median over ``rounds``."""
+    times = {"ours": [], "effdet": []}
+    for _ in range(rounds):
+        for impl in ("ours", "effdet"):
+            code = (
+                "import sys, time, torch; sys.path.insert(0, 'benchmarks');"
+                "from bench_effdet import build;"
+                f"d = torch.device('{args.device}'); torch.set_num_threads({args.threads});"
+                f"m = build('{args.model}', {args.size}, d, only='{impl}').eval();"
+                f"x = torch.randn({args.batch[0]}, 3, {args.size}, {args.size}, device=d);"
+                "cm = torch.compile(m); t0 = time.perf_counter();"
+                "torch.no_grad().__enter__(); cm(x);"
+                "torch.cuda.synchronize() if d.type == 'cuda' else None;"
+                "print(time.perf_counter() - t0)"
+            )
+            env = {**__import__("os").environ, "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"}
+            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+            times[impl].append(float(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else float("nan"))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def peak_memory(args) -> dict:
-    """Peak resident memory (CPU) or peak allocated (CUDA) of one forward + training step,
-    each implementation in a fresh child process so neither sees the other's memory."""
+    """Memory of one forward + backward in training mode, each implementation in a fresh
+    child process so neither sees the other's: on CUDA the peak allocated; on the CPU the
+    growth of peak resident memory over what the built model already held."""
     out = {}
     for impl in ("ours", "effdet"):
         code = (
-            "import sys, resource, torch; sys.path.insert(0, 'benchmarks');"
+            "import sys, gc, resource, torch; sys.path.insert(0, 'benchmarks');"
             "from bench_effdet import build;"
             f"d = torch.device('{args.device}'); torch.set_num_threads({args.threads});"
-            f"o, r = build('{args.model}', {args.size}, d); m = {'o' if impl == 'ours' else 'r'}; del o, r;"
+            f"m = build('{args.model}', {args.size}, d, only='{impl}').train(); gc.collect();"
             f"x = torch.randn({args.batch[0]}, 3, {args.size}, {args.size}, device=d);"
-            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+            "from bench_effdet import rss_kib, reset_peak_rss;"
+            "base = rss_kib('VmRSS'); reset_peak_rss();"
+            "torch.cuda.reset_peak_memory_stats() if d.type == 'cuda' else None;"
             "c, b = m(x); sum(t.square().mean() for t in c + b).backward();"
             "peak = (torch.cuda.max_memory_allocated() / 2**20) if d.type == 'cuda' else "
-            "(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024);"
+            "((rss_kib('VmHWM') - base) / 1024);"
             "print(peak)"
         )
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -215,7 +257,8 @@ def main() -> None:
     print(json.dumps(env))
     rows = run(args)
     mem = peak_memory(args)
-    print(f"  peak memory, forward + backward (MiB): ours {mem['ours']:.0f}, effdet {mem['effdet']:.0f}, "
+    what = "peak allocated" if args.device.startswith("cuda") else "peak RSS growth"
+    print(f"  memory of forward + backward, {what} (MiB): ours {mem['ours']:.0f}, effdet {mem['effdet']:.0f}, "
           f"ratio {mem['ours'] / mem['effdet']:.3f}")
     if args.out:
         Path(args.out).write_text(json.dumps({"env": env, "rows": rows, "peak_memory_mib": mem}, indent=2))

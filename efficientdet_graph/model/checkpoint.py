@@ -4,12 +4,12 @@ read with ``weights_only=True`` (nothing in a checkpoint can run code)."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._io import atomic_open
 from ..errors import EdgError
 from ..graph import build_graph, graph_to_yaml
 from ..spec import ModelSpec, load_spec_text
@@ -25,21 +25,10 @@ class CheckpointError(EdgError):
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename: a crash
-    leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` that a crash cannot leave half-written."""
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def save_model(model: EfficientDet, path: str | os.PathLike, extra: dict | None = None) -> Path:
