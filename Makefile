@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test install install-test clean proof ablation
+.PHONY: demo test install install-test clean proof ablation bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +32,8 @@ proof: install
 # The paper's ablation in miniature: FPN, PANet, NAS-FPN, BiFPN at equal scale.
 ablation: install
 	$(BIN)/edg ablation --graphs fpn panet nasfpn bifpn --model tiny-bifpn --epochs 20 --out runs/ablation
+
+# The CPU benchmark table of benchmarks/README.md (slow: two cold torch.compile builds each).
+bench: install-test
+	$(BIN)/python benchmarks/bench_effdet.py --model d0 --device cpu --threads 2 --batch 1 --reps 15 --compile \
+		--out benchmarks/results-cpu-d0.json

@@ -140,7 +140,7 @@ def run(args) -> list[dict]:
 
                 rows.append({"batch": batch, **compare(f"training step ({suffix})",
                                                        {"ours": step(o, opt_o), "effdet": step(r, opt_r)},
-                                                       device, args.warmup, max(3, args.reps // 2))})
+                                                       device, args.warmup, args.reps)})
         if args.compile:
             ours.eval(), ref.eval()
             compiled = {}
@@ -158,6 +158,11 @@ def run(args) -> list[dict]:
             rows.append({"batch": batch, **compare("full model forward (torch.compile)",
                                                    {"ours": cf(compiled["ours"]), "effdet": cf(compiled["effdet"])},
                                                    device, args.warmup, args.reps)})
+            if device.type == "cuda":  # CUDA graphs through inductor's reduce-overhead mode
+                graphed = {k: torch.compile(m, mode="reduce-overhead") for k, m in (("ours", ours), ("effdet", ref))}
+                rows.append({"batch": batch, **compare("full model forward (compile + CUDA graphs)",
+                                                       {"ours": cf(graphed["ours"]), "effdet": cf(graphed["effdet"])},
+                                                       device, args.warmup, args.reps)})
     if args.compile:
         t = compile_times(args)
         row = {"what": "torch.compile time (cold, first call)", "ours_ms": 1e3 * t["ours"],
