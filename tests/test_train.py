@@ -186,14 +186,19 @@ def test_kill_and_resume_loses_no_epoch(data, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_checkpoint(data, tmp_path):
-    train(micro_cfg(data, tmp_path / "run", epochs=1, eval_every=99))
+    cfg = micro_cfg(data, tmp_path / "run", epochs=1, eval_every=99)
+    train(TrainConfig(**{**cfg.__dict__, "optimizer": "sgd", "lr": 0.01}))
     before = (tmp_path / "run/last.pt").read_bytes()
     r = subprocess.run(edg_cmd() + ["train", "micro", "--data", str(data), "--out", str(tmp_path / "run"),
-                                    "--batch-size", "8", "--epochs", "3", "--resume", "--lr", "1e30",
+                                    "--batch-size", "8", "--epochs", "3", "--lr", "1e30",
                                     "--optimizer", "sgd", "--quiet"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "the loss became" in r.stderr and "last good checkpoint" in r.stderr
     assert "Traceback" not in r.stderr
     assert (tmp_path / "run/last.pt").read_bytes() == before
+    r = subprocess.run(edg_cmd() + ["train", "micro", "--data", str(data), "--out", str(tmp_path / "run"),
+                                    "--batch-size", "8", "--epochs", "3", "--resume", "--optimizer", "adamw"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "trained with --optimizer sgd" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_eval_and_predict_cli(data, tmp_path):

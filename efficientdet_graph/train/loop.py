@@ -198,6 +198,10 @@ def train(cfg: TrainConfig) -> dict:
     start_epoch, step = 0, 0
     if resumed is not None:
         state = resumed["train_state"]
+        was = state.get("config", {}).get("optimizer")
+        if was and was != cfg.optimizer:
+            raise EdgError(f"{ckpt_path} was trained with --optimizer {was}; resume with the same optimizer "
+                           "or start a new run in another --out folder")
         model.load_state_dict(state["model"])
         ema.model.load_state_dict(resumed["state_dict"])
         opt.load_state_dict(state["optimizer"])
@@ -205,6 +209,8 @@ def train(cfg: TrainConfig) -> dict:
         start_epoch, step = state["epoch"], state["step"]
         if main:
             print(f"resumed from {ckpt_path}: epoch {start_epoch}, step {step}")
+            if cfg.lr is not None and cfg.lr != state.get("config", {}).get("lr"):
+                print("note: a resumed run keeps its saved learning-rate schedule; --lr is ignored")
     log = MetricsLog(out / "metrics.jsonl", enabled=main)
     if resumed is not None:
         log.truncate_after(step)
