@@ -128,6 +128,15 @@ def _lr_lambda(total: int, warmup: int):
 
 def train(cfg: TrainConfig) -> dict:
     """Train, evaluate every ``eval_every`` epochs, checkpoint every epoch; returns a summary."""
+    started = not dist.is_initialized()
+    try:
+        return _train(cfg)
+    finally:
+        if started and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig) -> dict:
     rank, world = _distributed()
     main = rank == 0
     device = _device(cfg.device)
@@ -177,6 +186,9 @@ def train(cfg: TrainConfig) -> dict:
             print(f"val data:   {val_set.report}")
 
     if cfg.sync_bn and world > 1:
+        if device.type != "cuda":
+            raise EdgError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm only works on GPU modules "
+                           "(on CPUs, use a larger per-process batch or --freeze-bn)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     ema = _Ema(model, cfg.ema_decay)

@@ -12,7 +12,7 @@ __all__ = ["Progress", "MetricsLog", "plot_curves"]
 
 
 class Progress:
-    """A one-line bar on a terminal; a line every ~10% when output is a file or pipe."""
+    """A one-line bar on a terminal; a line every quarter when output is a file or pipe."""
 
     def __init__(self, total: int, desc: str, stream: TextIO | None = None, enabled: bool = True):
         self.total, self.desc, self.n = max(1, total), desc, 0
@@ -27,8 +27,8 @@ class Progress:
         if not self.enabled:
             return
         pct = int(100 * self.n / self.total)
-        if not self.tty and pct // 10 == self._last_pct // 10 and self.n != self.total:
-            return
+        if not self.tty and pct // 25 == self._last_pct // 25 and self.n != self.total:
+            return  # a log file gets a line per quarter, not a line per step
         self._last_pct = pct
         elapsed = time.perf_counter() - self.start
         eta = elapsed / self.n * (self.total - self.n) if self.n else 0.0
