@@ -17,7 +17,6 @@ from efficientdet_graph import (
 )
 from efficientdet_graph.graph import inputs_of, is_input
 from efficientdet_graph.passes import (
-    add_same_level_skips,
     expand_repeat,
     parse_pass_arg,
     prune_single_input,

@@ -3,7 +3,6 @@ evaluation, DDP. All on the built-in synthetic data, with the `micro` spec."""
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from efficientdet_graph.model import Anchors, create_model, load_model
+from efficientdet_graph.model import Anchors
 from efficientdet_graph.model.checkpoint import read_checkpoint
 from efficientdet_graph.train import (
     CocoDetection,

@@ -21,7 +21,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..errors import EdgError
 
-__all__ = ["DataError", "DataReport", "CocoDetection", "collate", "letterbox", "resolve_data"]
+__all__ = ["DataError", "DataReport", "CocoDetection", "collate", "letterbox", "num_categories", "resolve_data"]
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -53,6 +53,17 @@ class DataReport:
             if n:
                 parts.append(f"{n} {what}")
         return "; ".join(parts)
+
+
+def num_categories(annotations: str | Path) -> int:
+    """How many categories a COCO file declares (reads the JSON, not the images)."""
+    try:
+        cats = json.loads(Path(annotations).read_text()).get("categories")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        cats = None
+    if not isinstance(cats, list) or not cats:
+        raise DataError(f"{annotations}: lists no categories (or is not a COCO instances file)")
+    return len(cats)
 
 
 def resolve_data(data: str | Path, split: str) -> tuple[Path, Path]:

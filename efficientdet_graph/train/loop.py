@@ -18,7 +18,7 @@ from ..model import EfficientDet, build_model, create_model, save_atomic
 from ..model.checkpoint import FORMAT, read_checkpoint
 from ..graph import build_graph, graph_to_yaml
 from ..spec import ModelSpec, load_spec_text
-from .data import CocoDetection, DataError, collate, resolve_data, seeded_order
+from .data import CocoDetection, DataError, collate, num_categories, resolve_data, seeded_order
 from .evaluate import evaluate
 from .progress import MetricsLog, Progress, plot_curves
 from .synthetic import make_synthetic
@@ -165,9 +165,7 @@ def _train(cfg: TrainConfig) -> dict:
         gspec, gsrc = load_spec_text(resumed["graph"], f"{ckpt_path}#graph")
         model = build_model(spec, graph=build_graph(gspec, gsrc))
     else:
-        ann, _ = resolve_data(root, "train")
-        probe = CocoDetection(ann, resolve_data(root, "train")[1], 64, train=False, check_images=False)
-        model = _build(cfg, probe.num_classes)
+        model = _build(cfg, num_categories(resolve_data(root, "train")[0]))
     size = model.spec.image_size
     train_ann, train_img = resolve_data(root, "train")
     train_set = CocoDetection(train_ann, train_img, size, train=True)
