@@ -161,3 +161,23 @@ def test_checkpoint_refuses_code(tmp_path):
     torch.save({"format": "efficientdet-graph/1", "x": Evil()}, path)
     with pytest.raises(CheckpointError):
         load_model(path)
+
+
+from efficientdet_graph.model import builtin_models  # noqa: E402
+
+
+@pytest.mark.parametrize("name", builtin_models())
+def test_every_builtin_model_spec_builds_and_counts(name):
+    """Built on the meta device (no memory, no compute) and run through the counter."""
+    p = profile_model(name, image_size=128)
+    assert p.params > 0 and p.flops > 0
+    assert all(c["params"] > 0 for k, c in p.components.items() if k != "adapter")
+
+
+@pytest.mark.parametrize("name", ["micro", "tiny-bifpn"])
+def test_small_builtin_models_run(name):
+    m = create_model(name).eval()
+    size = m.spec.image_size
+    with torch.no_grad():
+        cls, box = m(torch.rand(1, 3, size, size))
+    assert [tuple(c.shape[-2:]) for c in cls] == m.feature_sizes(size)
