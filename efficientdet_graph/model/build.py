@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..compile import compile_graph, level_size
+from ..graph import unroll
 from ..errors import EdgError, Problem, RegistryError, SpecError, close_match
 from ..ops import CompileOptions
 from ..passes import load_graph
@@ -34,6 +35,8 @@ class EfficientDet(nn.Module):
 
     def __init__(self, spec: ModelSpec, graph: nx.DiGraph, pretrained_backbone: bool = False):
         super().__init__()
+        if spec.head_channels != spec.fpn_channels:
+            raise SpecError.single(f"<{spec.name}>", "head_channels must equal fpn_channels (heads read the pyramid)")
         self.spec = spec
         self.graph = graph
         opts = CompileOptions(bn_eps=spec.bn_eps, bn_momentum=spec.bn_momentum, padding=spec.padding)
@@ -45,16 +48,16 @@ class EfficientDet(nn.Module):
         top = self.backbone.channels[self.backbone.levels[-1]]
         self.adapter = InputAdapter(top, extra, spec.fpn_channels, opts)
         in_channels = {level: self.backbone.channels.get(level, spec.fpn_channels) for level in self.levels}
-        g = graph.copy()
-        g.graph = {**graph.graph, "defaults": dict(graph.graph["defaults"]), "repeat": spec.fpn_repeat}
+        # The scaler's depth counts copies of the graph as written; a graph that repeats
+        # itself (`repeat: 2`) is one layer of both copies.
+        g = unroll(graph)
+        g.graph = {**g.graph, "defaults": dict(g.graph["defaults"]), "repeat": spec.fpn_repeat}
         if spec.fusion:
             g.graph["defaults"]["fusion"] = spec.fusion
         self.fpn = compile_graph(g, spec.fpn_channels, in_channels, opts)
         self.anchors = Anchors(self.levels, spec.anchors.scale, spec.anchors.num_scales, spec.anchors.aspect_ratios)
         a = self.anchors.per_position
         ch = spec.head_channels
-        if ch != spec.fpn_channels:
-            raise SpecError.single(f"<{spec.name}>", "head_channels must equal fpn_channels (heads read the pyramid)")
         self.class_net = Head(self.levels, ch, spec.head_repeat, a, spec.num_classes, spec.act, opts, prior=0.01)
         self.box_net = Head(self.levels, ch, spec.head_repeat, a, 4, spec.act, opts)
 
