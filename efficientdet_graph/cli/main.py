@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
+from .. import __version__
 from ..errors import EdgError
 from . import compile_commands, graph_commands, model_commands, train_commands
 
@@ -19,9 +20,11 @@ __all__ = ["main", "build_parser"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edg",
-        description="Declare feature-pyramid networks as YAML graphs: validate, derive, compare, draw.",
+        description="Feature-pyramid networks as YAML graphs: validate, derive, compare, draw, compile, "
+        "scale into EfficientDet D0-D7x, count, prune, train and evaluate.",
     )
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"edg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     graph_commands.register(sub)
     compile_commands.register(sub)
