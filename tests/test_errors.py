@@ -207,3 +207,11 @@ def test_missing_file():
 def test_fusion_arity(write):
     line, col, msg = only(write, GOOD.replace("{id: B, level: 3,", "{id: B, level: 3, fusion: gp,").replace("[P3_in, A]", "[P3_in, A, P4_in]"))
     assert (line, col) == (5, 10) and "takes exactly 2 inputs, got 3" in msg
+
+
+def test_tagged_keys_and_values_are_refused(write):
+    # found by the corruption fuzzer: a YAML tag on a mapping key
+    found = problems(write, GOOD.replace("levels:", "!lev levels:"))
+    assert any((line, col) == (2, 1) and "bad key" in msg for line, col, msg in found)
+    found = problems(write, GOOD.replace("name: tiny", "name: !custom tiny"))
+    assert any((line, col) == (1, 7) and "bad value" in msg for line, col, msg in found)

@@ -117,7 +117,11 @@ def parse_yaml(text: str | bytes, file: str = "<string>") -> tuple[Any, SourceMa
                 if not isinstance(knode, yaml.ScalarNode):
                     problems.append(Problem(file, *_pos(knode.start_mark), "a mapping key must be a plain scalar"))
                     continue
-                key = loader.construct_object(knode)
+                try:
+                    key = loader.construct_object(knode)
+                except yaml.YAMLError as e:
+                    problems.append(Problem(file, *_pos(knode.start_mark), f"bad key: {getattr(e, 'problem', e)}"))
+                    continue
                 if not isinstance(key, (str, int)) or isinstance(key, bool):
                     key = str(knode.value)
                 if key in out:
@@ -134,7 +138,7 @@ def parse_yaml(text: str | bytes, file: str = "<string>") -> tuple[Any, SourceMa
         try:
             return loader.construct_object(node)
         except yaml.YAMLError as e:
-            problems.append(Problem(file, *_pos(node.start_mark), f"bad scalar: {e}"))
+            problems.append(Problem(file, *_pos(node.start_mark), f"bad value: {getattr(e, 'problem', e)}"))
             return None
 
     return build(root, ()), smap, problems
