@@ -51,3 +51,12 @@ def pytest_report_header(config):
     import efficientdet_graph
 
     return f"efficientdet_graph from {Path(efficientdet_graph.__file__).parent}"
+
+
+# CI runs the property tests with a fixed seed (reproducible failures); locally they
+# explore new examples on every run.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if __import__("os").environ.get("CI"):
+    settings.load_profile("ci")
