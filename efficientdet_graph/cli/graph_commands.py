@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .._io import atomic_write_text
 from ..errors import PassError, SpecError
-from ..graph import canonical_hash, describe_difference, graph_to_yaml, is_input, same_structure
+from ..graph import build_graph, canonical_hash, describe_difference, graph_to_yaml, is_input, same_structure
 from ..graph.topologies import GENERATORS, generate
 from ..passes import load_graph, parse_pass_arg, run_passes
 from ..spec import GraphSpec
@@ -109,8 +109,6 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_new(args: argparse.Namespace) -> int:
     lo, hi = _levels(args.levels)
-    from ..graph import build_graph
-
     g = build_graph(generate(args.topology, lo, hi))
     _emit(graph_to_yaml(g), args.output)
     return 0
@@ -170,8 +168,6 @@ def cmd_tour(args: argparse.Namespace) -> int:
     verdict = "the same as" if same_structure(derived, bifpn) else "DIFFERENT from"
     print(f"   result: {_count(derived)[0]} nodes, {_count(derived)[1]} edges, {verdict} the hand-written bifpn")
     for lo, hi in ((3, 8), (2, 7)):
-        from ..graph import build_graph
-
         d, _ = run_passes(build_graph(generate("panet", lo, hi)), ["prune_single_input", "add_same_level_skips"])
         ok = same_structure(d, build_graph(generate("bifpn", lo, hi)))
         print(f"   levels P{lo}-P{hi}: {_count(d)[0]} nodes, {_count(d)[1]} edges, {'same as' if ok else 'DIFFERENT from'} bifpn")

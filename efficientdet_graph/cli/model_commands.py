@@ -90,12 +90,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if not args.model:
         raise EdgError("profile needs a MODEL or --family efficientdet")
     is_ckpt = Path(args.model).suffix in (".pt", ".pth", ".ckpt")
-    p = profile_model(_load(args.model) if is_ckpt else args.model, args.image_size)
+    # by name the profile builds on the meta device; fvcore needs real weights
+    model = _load(args.model).eval() if (is_ckpt or args.fvcore) else None
+    p = profile_model(model if model is not None else args.model, args.image_size)
     data = p.as_dict()
     if args.fvcore:
         import torch
 
-        model = _load(args.model).eval()
         total, _ = fvcore_flops(model, (torch.zeros(1, 3, p.image_size, p.image_size),))
         data["fvcore_flops"] = total
     if args.json:

@@ -83,8 +83,8 @@ def output_shapes(
 ) -> dict[int, tuple[int, int, int]]:
     """(C, H, W) of each output level; outputs always have ``channels`` channels."""
     lo, hi = graph.graph["levels"]
+    channels_by_level(lo, hi, channels, in_channels)  # validates the channel arguments
     sizes = level_sizes(input_size, lo, hi)
-    infer_shapes(graph, channels, input_size, in_channels)  # validates the arguments
     return {k: (channels, *sizes[k]) for k in range(lo, hi + 1)}
 
 

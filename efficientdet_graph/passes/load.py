@@ -44,7 +44,7 @@ def _load(ref, relative_to: Path | None, chain: tuple[Path, ...]) -> nx.DiGraph:
     try:
         g = _load(spec.derive.from_, path.parent, chain + (me,))
     except SpecError:
-        raise
+        raise  # the base's own problems, located in the base's file
     except EdgError as e:
         raise SpecError([src.problem(("derive", "from"), str(e))]) from None
     for i, (name, args) in enumerate(spec.pass_calls()):

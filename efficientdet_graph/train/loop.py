@@ -143,17 +143,15 @@ def _train(cfg: TrainConfig) -> dict:
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
+    if cfg.batch_size % world:
+        raise EdgError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
     out = Path(cfg.out)
-    if main:
+    if main:  # only rank 0 writes the synthetic set; the others wait, then find it
         out.mkdir(parents=True, exist_ok=True)
-    if world > 1:
-        dist.barrier()
-    root = _data_paths(cfg) if main else None
+        root = _data_paths(cfg)
     if world > 1:
         dist.barrier()
         root = _data_paths(cfg)
-    if cfg.batch_size % world:
-        raise EdgError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
 
     torch.manual_seed(cfg.seed)
     ckpt_path = out / "last.pt"
