@@ -3,7 +3,8 @@
     EdgError
      ├── SpecError       a spec (YAML or in-memory) is wrong; lists every problem found
      ├── RegistryError   an unknown name was looked up in a registry (op, pass, built-in graph)
-     └── PassError       an analysis pass was given arguments or a graph it cannot handle
+     ├── PassError       an analysis pass was given arguments or a graph it cannot handle
+     └── SearchError     a search study cannot run as asked (storage, space/point mismatch)
 
 Every error a user can cause by writing a spec ends as one of these, never as a
 bare KeyError or a shape error from deep inside a forward pass.
@@ -15,7 +16,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Iterable
 
-__all__ = ["EdgError", "SpecError", "RegistryError", "PassError", "Problem", "close_match"]
+__all__ = ["EdgError", "SpecError", "RegistryError", "PassError", "SearchError", "Problem", "close_match"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,11 @@ class RegistryError(EdgError, LookupError):
 
 class PassError(EdgError):
     """An analysis pass cannot run on this graph or with these arguments."""
+
+
+class SearchError(EdgError):
+    """A search cannot run as asked: a storage that cannot be opened, a study made for
+    another space, a point that is not in the space."""
 
 
 def close_match(word: str, candidates: Iterable[str]) -> str | None:
