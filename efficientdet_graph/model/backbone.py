@@ -9,7 +9,35 @@ from torch import nn
 
 from ..errors import RegistryError
 
-__all__ = ["Backbone"]
+__all__ = ["Backbone", "create_body", "pick_levels"]
+
+
+def create_body(name: str, pretrained: bool = False, drop_path_rate: float = 0.0) -> nn.Module:
+    """timm's ``features_only`` network ``name`` (what ``Backbone`` wraps)."""
+    import timm
+
+    if not timm.is_model(name):
+        raise RegistryError("timm backbone", name, timm.list_models())
+    kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+    try:
+        return timm.create_model(name, features_only=True, pretrained=pretrained, **kwargs)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise RegistryError("timm backbone with features_only", f"{name} ({e})", []) from None
+
+
+def pick_levels(name: str, reductions: list[int], channels: list[int], levels: range) -> tuple[list[int], list[int], dict[int, int]]:
+    """The levels of ``levels`` a network with these feature reductions and channels
+    gives: (levels, indices of its features, channels by level)."""
+    by_level = {int(math.log2(r)): i for i, r in enumerate(reductions) if r & (r - 1) == 0}
+    top = max(by_level)
+    wanted = [level for level in levels if level <= top]
+    missing = [level for level in wanted if level not in by_level]
+    if missing or not wanted:
+        raise ValueError(
+            f"backbone {name} gives levels {sorted(by_level)}; the graph needs levels "
+            f"{list(levels)} (levels above {top} are made by the input adapter)"
+        )
+    return wanted, [by_level[level] for level in wanted], {level: channels[by_level[level]] for level in wanted}
 
 
 class Backbone(nn.Module):
@@ -21,29 +49,9 @@ class Backbone(nn.Module):
 
     def __init__(self, name: str, levels: range, pretrained: bool = False, drop_path_rate: float = 0.0):
         super().__init__()
-        import timm
-
-        if not timm.is_model(name):
-            raise RegistryError("timm backbone", name, timm.list_models())
-        kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
-        try:
-            self.body = timm.create_model(name, features_only=True, pretrained=pretrained, **kwargs)
-        except (RuntimeError, TypeError, ValueError) as e:
-            raise RegistryError("timm backbone with features_only", f"{name} ({e})", []) from None
-        reductions = self.body.feature_info.reduction()
-        by_level = {int(math.log2(r)): i for i, r in enumerate(reductions) if r & (r - 1) == 0}
-        top = max(by_level)
-        wanted = [level for level in levels if level <= top]
-        missing = [level for level in wanted if level not in by_level]
-        if missing or not wanted:
-            raise ValueError(
-                f"backbone {name} gives levels {sorted(by_level)}; the graph needs levels "
-                f"{list(levels)} (levels above {top} are made by the input adapter)"
-            )
-        self.levels = wanted
-        self.indices = [by_level[level] for level in wanted]
-        channels = self.body.feature_info.channels()
-        self.channels = {level: channels[by_level[level]] for level in wanted}
+        self.body = create_body(name, pretrained, drop_path_rate)
+        info = self.body.feature_info
+        self.levels, self.indices, self.channels = pick_levels(name, info.reduction(), info.channels(), levels)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = self.body(x)

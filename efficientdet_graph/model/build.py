@@ -23,7 +23,20 @@ from .anchors import Anchors, postprocess
 from .backbone import Backbone
 from .heads import Head
 
-__all__ = ["EfficientDet", "load_model_spec", "build_model", "create_model", "model_graph"]
+__all__ = ["EfficientDet", "load_model_spec", "build_model", "create_model", "feature_graph", "model_graph"]
+
+
+def feature_graph(spec: ModelSpec, graph: nx.DiGraph) -> nx.DiGraph:
+    """The graph a (resolved) spec's feature network compiles: ``graph`` repeated
+    ``fpn_repeat`` times, with the spec's fusion.
+
+    The scaler's depth counts copies of the graph as written; a graph that repeats
+    itself (``repeat: 2``) is one layer of both copies."""
+    g = unroll(graph)
+    g.graph = {**g.graph, "defaults": dict(g.graph["defaults"]), "repeat": spec.fpn_repeat}
+    if spec.fusion:
+        g.graph["defaults"]["fusion"] = spec.fusion
+    return g
 
 
 class EfficientDet(nn.Module):
@@ -48,13 +61,7 @@ class EfficientDet(nn.Module):
         top = self.backbone.channels[self.backbone.levels[-1]]
         self.adapter = InputAdapter(top, extra, spec.fpn_channels, opts)
         in_channels = {level: self.backbone.channels.get(level, spec.fpn_channels) for level in self.levels}
-        # The scaler's depth counts copies of the graph as written; a graph that repeats
-        # itself (`repeat: 2`) is one layer of both copies.
-        g = unroll(graph)
-        g.graph = {**g.graph, "defaults": dict(g.graph["defaults"]), "repeat": spec.fpn_repeat}
-        if spec.fusion:
-            g.graph["defaults"]["fusion"] = spec.fusion
-        self.fpn = compile_graph(g, spec.fpn_channels, in_channels, opts)
+        self.fpn = compile_graph(feature_graph(spec, graph), spec.fpn_channels, in_channels, opts)
         self.anchors = Anchors(self.levels, spec.anchors.scale, spec.anchors.num_scales, spec.anchors.aspect_ratios)
         a = self.anchors.per_position
         ch = spec.head_channels

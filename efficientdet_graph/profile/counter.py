@@ -2,8 +2,10 @@
 
 FLOPs here are multiply-adds, as the EfficientDet and EfficientNet papers report them
 (fvcore's convention): a convolution counts batch * C_out * (C_in / groups) * k_h * k_w
-* H_out * W_out, an eval-mode batch norm 2 per element (1 without affine), nearest
-upsampling 1 per output element; activations, additions and pooling count 0.
+* H_out * W_out, an eval-mode batch norm 2 per element (1 without affine), a
+training-mode batch norm, group or layer norm 5 per element (4 without affine), nearest
+upsampling 1 and bilinear upsampling 4 per output element, adaptive average pooling 1 per
+input element; activations, additions, other pooling and padding count 0.
 
 ``count_flops`` runs the model on the meta device under a dispatch mode: no real
 tensors, no arithmetic, so even D7x at 1536 px is counted in about a second.
@@ -44,6 +46,23 @@ def _bn_eval(args, out) -> int:
     return _numel(args[0].shape) * (2 if weight is not None else 1)
 
 
+def _bn(args, out) -> int:
+    """``native_batch_norm(x, weight, bias, mean, var, training, ...)``; fvcore counts a
+    batch norm in training mode (and an instance norm, which runs as one) like a norm."""
+    training = bool(args[5]) if len(args) > 5 else False
+    if training:
+        return _norm(1)(args, out)
+    return _bn_eval(args, out)
+
+
+def _norm(weight_index: int) -> Callable:
+    def rule(args, out) -> int:
+        weight = args[weight_index] if len(args) > weight_index else None
+        return _numel(args[0].shape) * (5 if weight is not None else 4)
+
+    return rule
+
+
 def _out_elements(args, out) -> int:
     return _numel(out.shape)
 
@@ -61,9 +80,13 @@ RULES: dict = {
     aten.convolution.default: _conv,
     aten._convolution.default: _conv,
     aten._native_batch_norm_legit_no_training.default: _bn_eval,
-    aten.native_batch_norm.default: lambda a, o: _bn_eval(a, o[0]),
+    aten.native_batch_norm.default: _bn,
+    aten.native_group_norm.default: _norm(1),
+    aten.native_layer_norm.default: _norm(2),
     aten.upsample_nearest2d.default: _out_elements,
     aten.upsample_nearest2d.vec: _out_elements,
+    aten.upsample_bilinear2d.default: lambda a, o: 4 * _numel(o.shape),
+    aten.upsample_bilinear2d.vec: lambda a, o: 4 * _numel(o.shape),
     aten._adaptive_avg_pool2d.default: _in_elements,
     aten.mm.default: _mm,
     aten.addmm.default: lambda a, o: _mm(a[1:], o),
