@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 from .. import __version__
 from ..errors import EdgError
-from . import compile_commands, graph_commands, model_commands, train_commands
+from . import compile_commands, graph_commands, model_commands, search_commands, train_commands
 
 __all__ = ["main", "build_parser"]
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edg",
         description="Feature-pyramid networks as YAML graphs: validate, derive, compare, draw, compile, "
-        "scale into EfficientDet D0-D7x, count, prune, train and evaluate.",
+        "scale into EfficientDet D0-D7x, count, prune, train, evaluate and search.",
     )
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
     parser.add_argument("--version", action="version", version=f"edg {__version__}")
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_commands.register(sub)
     model_commands.register(sub)
     train_commands.register(sub)
+    search_commands.register(sub)
     return parser
 
 

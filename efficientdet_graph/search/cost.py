@@ -21,7 +21,7 @@ class CandidateCost:
 def candidate_cost(candidate: Candidate, cost: CostSpec) -> CandidateCost:
     """Feature-network parameters and FLOPs of ``candidate`` stacked ``repeat`` times at
     its width and image size, fed by inputs of ``cost.in_channels`` channels."""
-    from ..profile import graph_cost
+    from ..profile.analytic import graph_cost
 
     g = candidate.stacked()
     lo, hi = g.graph["levels"]

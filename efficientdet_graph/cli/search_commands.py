@@ -1,0 +1,277 @@
+"""``edg search ...``: validate spaces, sample them, run studies, read their results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import EdgError
+
+__all__ = ["register"]
+
+
+class _BadArgs(EdgError):
+    pass
+
+
+def _positive(name: str, cast=int, low=1, high=None):
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} {text!r}: not a number") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{name} {value}: allowed {low}..{high if high is not None else 'inf'}")
+        return value
+
+    return parse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="architecture search over declared spaces (Optuna studies)")
+    s = p.add_subparsers(dest="search_command", metavar="SEARCH_COMMAND", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    q = s.add_parser("validate", help="check search-space files; exit 2 on any error", formatter_class=fmt)
+    q.add_argument("spaces", nargs="+", metavar="NAME_OR_PATH")
+    q.set_defaults(handler=cmd_validate)
+
+    q = s.add_parser("sample", help="draw candidates of a space (no training): graphs, costs, rejections",
+                     formatter_class=fmt)
+    q.add_argument("space", metavar="SPACE")
+    q.add_argument("-n", type=_positive("-n", high=100_000), default=1000, help="candidates to draw")
+    q.add_argument("--seed", type=int, default=0, help="random seed")
+    q.add_argument("--point", default=None, help="instead of sampling, show this named point of the space")
+    q.add_argument("-o", "--output", default=None, help="write the point's (or the last candidate's) graph YAML here")
+    q.add_argument("--json", action="store_true", help="machine-readable summary")
+    q.set_defaults(handler=cmd_sample)
+
+    q = s.add_parser("run", help="run (or join) a study", formatter_class=fmt)
+    q.add_argument("space", metavar="SPACE", help="built-in space name or space file")
+    _study_args(q)
+    q.add_argument("--trials", type=_positive("--trials", high=100_000), default=20,
+                   help="trials in the study (all workers together)")
+    q.add_argument("--workers", type=_positive("--workers", high=64), default=1, help="local worker processes")
+    q.add_argument("--sampler", choices=("random", "tpe", "nsga2", "evolution"), default="tpe")
+    q.add_argument("--seed", type=int, default=0, help="sampler seed")
+    q.add_argument("--objective", choices=("pareto", "accuracy"), default="pareto",
+                   help="pareto: max proxy metric and min FLOPs; accuracy: max metric (pruning allowed)")
+    q.add_argument("--max-flops", type=float, default=None, help="constraint: feature-network FLOPs at most this")
+    q.add_argument("--max-params", type=float, default=None, help="constraint: feature-network parameters at most")
+    q.add_argument("--pruner", choices=("hyperband", "halving", "median", "none"), default=None,
+                   help="stops weak trials after each proxy epoch (--objective accuracy only; default hyperband)")
+    q.add_argument("--no-seed-points", action="store_true", help="do not enqueue the space's known points")
+    q.add_argument("--proxy", action="append", default=[], metavar="KEY=VALUE",
+                   help="proxy-task setting (repeatable), e.g. --proxy epochs=4")
+    q.add_argument("--graph", default=None, help="base topology of a scaling space")
+    q.add_argument("--cache", default=None, help="share proxy results with other studies through this file")
+    q.add_argument("--heartbeat", type=_positive("--heartbeat", high=3600), default=10,
+                   help="seconds between heartbeats (database storages)")
+    q.add_argument("--population", type=_positive("--population", low=2, high=1000), default=12,
+                   help="population of the evolution and NSGA-II samplers")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(handler=cmd_run)
+
+    q = s.add_parser("status", help="trials done, pruned, failed, rejected; the best so far", formatter_class=fmt)
+    _study_args(q)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(handler=cmd_status)
+
+    q = s.add_parser("best", help="write the best graphs (the Pareto front) as graph-spec YAML", formatter_class=fmt)
+    _study_args(q)
+    q.add_argument("--top", type=_positive("--top", high=1000), default=5)
+    q.add_argument("-o", "--output", required=True, help="folder for the YAML files")
+    q.set_defaults(handler=cmd_best)
+
+    q = s.add_parser("plot", help="Pareto front, history and parameter importances as PNGs", formatter_class=fmt)
+    _study_args(q)
+    q.add_argument("-o", "--output", default=None, help="folder for the PNGs (default: the run folder)")
+    q.set_defaults(handler=cmd_plot)
+
+
+def _study_args(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--out", default="runs/search", help="run folder (journal storage, proxy cache, outputs)")
+    q.add_argument("--study", default=None, help="study name (default: the space's name)")
+    q.add_argument("--storage", default=None,
+                   help="storage URL: a journal file (default OUT/study.journal) or postgresql://user@host/db")
+
+
+def _proxy_pairs(items: list[str]) -> tuple:
+    pairs = []
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise _BadArgs(f"--proxy {item!r}: expected KEY=VALUE, e.g. --proxy epochs=4")
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from ..errors import SpecError
+    from ..search import load_space
+
+    problems, ok = [], 0
+    for ref in args.spaces:
+        try:
+            space = load_space(ref)
+        except SpecError as e:
+            problems.extend(e.problems)
+            continue
+        ok += 1
+        n = len(space.spec.params)
+        print(f"ok  {ref}: space {space.name!r} ({space.spec.kind}; {n} declared parameters, "
+              f"{len(space.spec.points)} known points)")
+    if problems:
+        raise SpecError(problems)
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import random
+    import time
+
+    from .._io import atomic_write_text
+    from ..graph import graph_to_yaml
+    from ..search import candidate_cost, load_space, point_candidate, random_ask, sample
+
+    space = load_space(args.space)
+    if args.point:
+        cand = point_candidate(space, args.point)
+        cost = candidate_cost(cand, space.spec.cost)
+        text = graph_to_yaml(cand.graph)
+        if args.output:
+            atomic_write_text(args.output, text)
+            print(f"wrote {args.output}", file=sys.stderr)
+        else:
+            sys.stdout.write(text)
+        print(f"point {args.point}: {cost.params:,} params, {cost.flops:,} FLOPs (feature network x{cand.repeat} at "
+              f"{cand.channels} channels, {cand.image_size} px; multiply-adds)", file=sys.stderr)
+        return 0
+    rng = random.Random(args.seed)
+    keys, rejected, reasons, times, last = set(), 0, {}, [], None
+    t0 = time.perf_counter()
+    for _ in range(args.n):
+        cand = sample(space, random_ask(rng))
+        if cand.rejected:
+            rejected += 1
+            reasons[cand.reason] = reasons.get(cand.reason, 0) + 1
+            continue
+        t = time.perf_counter()
+        candidate_cost(cand, space.spec.cost)
+        times.append(time.perf_counter() - t)
+        keys.add(cand.key)
+        last = cand
+    total = time.perf_counter() - t0
+    times.sort()
+    result = {"space": space.name, "drawn": args.n, "valid": args.n - rejected, "rejected": rejected,
+              "distinct": len(keys), "cost_ms_median": round(1000 * times[len(times) // 2], 3) if times else None,
+              "seconds": round(total, 2), "reasons": reasons}
+    if args.output and last is not None:
+        atomic_write_text(args.output, graph_to_yaml(last.graph))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{space.name}: {args.n} drawn, {result['valid']} valid ({result['distinct']} distinct networks), "
+          f"{rejected} rejected; cost counted in {result['cost_ms_median']} ms per candidate (median); {total:.1f} s")
+    for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:10]:
+        print(f"  rejected {n}x: {reason}")
+    return 0
+
+
+def _config(args: argparse.Namespace, space: str | None = None):
+    from ..search import StudyConfig
+
+    fields = {"out": args.out, "study": args.study, "storage": args.storage}
+    if space is not None:
+        fields.update(space=space, sampler=args.sampler, seed=args.seed, trials=args.trials,
+                      objective=args.objective, max_flops=args.max_flops, max_params=args.max_params,
+                      pruner=args.pruner, seed_points=not args.no_seed_points, proxy=_proxy_pairs(args.proxy),
+                      graph=args.graph, cache=args.cache, heartbeat=args.heartbeat, population=args.population,
+                      quiet=args.quiet)
+    return fields
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..search import StudyConfig, run
+
+    cfg = StudyConfig(**_config(args, args.space))
+    if not args.quiet:
+        print(f"study {cfg.study_name!r}: {cfg.trials} trials of space {args.space!r}, sampler {cfg.sampler}, "
+              f"objective {cfg.objective}, {args.workers} worker(s); storage "
+              f"{cfg.storage or Path(cfg.out) / 'study.journal'}")
+    result = run(cfg, args.workers)
+    _print_summary(result)
+    return 0
+
+
+def _print_summary(result: dict) -> None:
+    counts = result["counts"]
+    order = ("done", "reused", "cached", "pruned", "over_budget", "rejected", "failed", "running", "waiting",
+             "stale", "requeued")
+    parts = [f"{counts[k]} {k}" for k in order if counts.get(k)]
+    print(f"study {result['study']!r}: {result['finished']}/{result['budget']} finished ({', '.join(parts) or 'none'})")
+    if "best" in result:
+        b = result["best"]
+        print(f"best: trial {b['trial']}, metric {b['metric']:.4f}, {b['flops'] / 1e9:.3f} GFLOPs (multiply-adds)")
+
+
+def _existing(args: argparse.Namespace):
+    """The study of ``--out/--study/--storage``, which must exist."""
+    import optuna
+
+    from ..errors import SearchError
+    from ..search.storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    out = Path(args.out)
+    if args.storage is None and not (out / "study.journal").is_file():
+        raise SearchError(f"no study in {out} (no {out / 'study.journal'}); run `edg search run SPACE --out {out}`")
+    storage = open_storage(args.storage, out)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    name = args.study or (names[0] if len(names) == 1 else None)
+    if name is None or name not in names:
+        from ..errors import RegistryError
+
+        raise RegistryError("study", str(name), names)
+    study = optuna.load_study(study_name=name, storage=storage)
+    from ..search import StudyConfig
+
+    saved = study.user_attrs.get("edg_config", {})
+    cfg = StudyConfig(**{k: (tuple(tuple(x) for x in v) if k == "proxy" else v) for k, v in saved.items()
+                         if k in StudyConfig.__dataclass_fields__})
+    return study, cfg
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ..search.study import summary
+
+    study, cfg = _existing(args)
+    result = summary(study, cfg)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    _print_summary(result)
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from ..search import write_best
+
+    study, cfg = _existing(args)
+    written = write_best(study, cfg, args.output, args.top)
+    for row in written:
+        print(f"{row['file']}: trial {row['trial']}, metric {row['metric']:.4f}, {row['flops'] / 1e9:.3f} GFLOPs, "
+              f"{row['params']:,} params")
+    print(f"wrote {len(written)} graph(s) and front.json to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from ..search import plot_study
+
+    study, cfg = _existing(args)
+    for path in plot_study(study, cfg, args.output or args.out):
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,148 @@
+"""Where a study lives, and how a killed worker's trial gets back in the queue.
+
+* A journal file (the default, ``RUN/study.journal``): Optuna's append-only log; it
+  survives kills and several worker processes on one machine share it. Optuna 5 has
+  no heartbeat for it, so every worker stamps its trials with ``host:pid:start-time``
+  and, under a file lock, fails the RUNNING trials whose process is gone and enqueues
+  their parameters again (``edg_retry_of``).
+* PostgreSQL (or any SQLAlchemy URL): Optuna's heartbeat marks a dead worker's trial
+  FAIL after the grace period and ``RetryFailedTrialCallback`` enqueues it again;
+  workers on several machines run the same ``edg search run`` command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import os
+import socket
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import optuna
+from optuna.storages import RetryFailedTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from ..errors import SearchError
+
+__all__ = ["open_storage", "is_journal", "worker_stamp", "requeue_stale", "retry_of", "STALE_UNSTAMPED_S"]
+
+# A RUNNING trial that never got its worker stamp (killed within milliseconds of being
+# created) is taken as stale after this long.
+STALE_UNSTAMPED_S = 300.0
+
+
+def open_storage(url: str | None, run_dir: Path, heartbeat: int = 10) -> optuna.storages.BaseStorage:
+    """``None`` or a path (``*.journal``, ``journal:PATH``): journal file; ``sqlite:///``,
+    ``postgresql://`` ...: Optuna's RDB storage with a heartbeat."""
+    if url is None:
+        url = str(run_dir / "study.journal")
+    if "://" not in url or url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:").removeprefix("//"))
+        if path.exists() and not path.is_file():
+            raise SearchError(f"storage {url!r}: not a regular file")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    try:
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+            failed_trial_callback=RetryFailedTrialCallback(max_retry=3),
+            engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+        )
+    except ImportError as e:
+        raise SearchError(f"storage {_redacted(url)}: a database driver is missing ({e}); "
+                          "for PostgreSQL: pip install psycopg2-binary") from None
+    except Exception as e:  # SQLAlchemy's errors: a wrong URL, a server that is down
+        raise SearchError(f"storage {_redacted(url)}: cannot open ({type(e).__name__}: {str(e).splitlines()[0]})") \
+            from None
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password."""
+    head, sep, tail = url.partition("://")
+    if "@" in tail:
+        creds, _, host = tail.rpartition("@")
+        user = creds.split(":", 1)[0]
+        return f"{head}{sep}{user}:***@{host}"
+    return url
+
+
+def is_journal(storage: optuna.storages.BaseStorage) -> bool:
+    return isinstance(storage, optuna.storages.JournalStorage)
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (so a reused pid is not taken for the old process)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]
+
+
+def worker_stamp() -> str:
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or '?'}"
+
+
+def _alive(stamp: str) -> bool:
+    host, _, rest = stamp.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != socket.gethostname():
+        return True  # another machine's worker: not ours to judge (use PostgreSQL across machines)
+    try:
+        pid = int(pid_text)
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    now = _start_time(pid)
+    return start == "?" or now is None or now == start
+
+
+def retry_of(trial: FrozenTrial) -> int | None:
+    """The number of the trial this one re-runs (after its worker died), or None."""
+    if "edg_retry_of" in trial.user_attrs:
+        return int(trial.user_attrs["edg_retry_of"])
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.8, and stable in use
+        warnings.simplefilter("ignore")
+        return RetryFailedTrialCallback.retried_trial_number(trial)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def requeue_stale(study: optuna.Study, lock_path: Path) -> list[int]:
+    """Journal storage: fail the RUNNING trials whose worker process is gone and enqueue
+    their parameters again. Returns the numbers of the trials requeued."""
+    if not is_journal(study._storage):
+        return []
+    now = _dt.datetime.now()
+    requeued = []
+    with _locked(lock_path):
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            stamp = t.user_attrs.get("edg_worker")
+            if stamp is None:
+                started = t.datetime_start or now
+                if (now - started).total_seconds() < STALE_UNSTAMPED_S:
+                    continue
+            elif _alive(stamp):
+                continue
+            study._storage.set_trial_user_attr(t._trial_id, "edg_status", "stale")
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            study.enqueue_trial(dict(t.params), user_attrs={"edg_retry_of": t.number})
+            requeued.append(t.number)
+    return requeued

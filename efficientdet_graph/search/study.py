@@ -1,0 +1,594 @@
+"""Running a search: an Optuna study over a declared space, one trial per candidate.
+
+A trial samples a point of the space (define-by-run, through ``trial.suggest_*``), maps
+it to a graph, counts its cost without training, and — unless it was rejected by a
+graph rule, is over a budget, or an identical network was already evaluated — trains it
+on the proxy task. Objectives: ``pareto`` (maximize the proxy metric, minimize FLOPs;
+no pruning: Optuna prunes single-objective studies only) or ``accuracy`` (maximize the
+metric, optionally under ``max_flops``/``max_params``, with a pruner stopping weak
+trials after each proxy epoch).
+
+``trials`` counts *slots*: every trial that is not a re-run of a dead worker's trial
+fills one; a re-run inherits its original's slot. Several workers (processes, or
+machines on PostgreSQL) fill the slots of one study together, and a study stops at
+exactly ``trials`` slots, each finished once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from .._io import atomic_open
+from ..errors import EdgError, Problem, SearchError, SpecError
+from ..graph import graph_to_yaml
+from .cost import candidate_cost
+from .evolution import RegularizedEvolutionSampler
+from .mapping import Candidate, point_values, sample
+from .params import Choice, Distribution, FloatRange, IntRange, RecordingAsk
+from .space import SearchSpace, load_space
+from .storage import open_storage, requeue_stale, retry_of, worker_stamp
+
+__all__ = ["SAMPLERS", "StudyConfig", "open_study", "run_worker", "run", "trial_status", "slots", "optuna_ask",
+           "make_sampler", "ResultCache"]
+
+SAMPLERS = ("random", "tpe", "nsga2", "evolution")
+PRUNERS = ("hyperband", "halving", "median", "none")
+FINISHED = {"done", "reused", "cached", "rejected", "over_budget", "failed", "pruned"}
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything a worker needs to join a study (the same on every worker)."""
+
+    space: str
+    out: str = "runs/search"
+    study: str | None = None
+    storage: str | None = None
+    sampler: Literal["random", "tpe", "nsga2", "evolution"] = "tpe"
+    seed: int = 0
+    trials: int = 20
+    objective: Literal["pareto", "accuracy"] = "pareto"
+    max_flops: float | None = None
+    max_params: float | None = None
+    pruner: Literal["hyperband", "halving", "median", "none"] | None = None  # accuracy: hyperband
+    seed_points: bool = True
+    proxy: tuple[tuple[str, Any], ...] = ()
+    graph: str | None = None
+    cache: str | None = None
+    heartbeat: int = 10
+    population: int = 12
+    quiet: bool = False
+
+    @property
+    def study_name(self) -> str:
+        return self.study or Path(str(self.space)).stem
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out)
+
+
+# ---------------------------------------------------------------------------- sampling
+
+
+def optuna_ask(trial: optuna.Trial) -> Callable[[str, Distribution], Any]:
+    """Our distributions as Optuna suggestions (bools go through as categorical choices)."""
+
+    def ask(name: str, dist: Distribution) -> Any:
+        if isinstance(dist, Choice):
+            return trial.suggest_categorical(name, list(dist.choices))
+        if isinstance(dist, IntRange):
+            return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+        if isinstance(dist, FloatRange):
+            return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+        raise TypeError(f"unknown distribution {dist!r}")
+
+    return ask
+
+
+def _constraints(trial: FrozenTrial) -> list[float]:
+    return list(trial.user_attrs.get("edg_constraints", [0.0]))
+
+
+def make_sampler(name: str, seed: int, multi_objective: bool, constrained: bool,
+                 population: int = 12) -> optuna.samplers.BaseSampler:
+    cf = _constraints if constrained else None
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "tpe":
+        # multivariate + group: TPE models the parameters jointly and splits the
+        # conditional space into the groups that occur together
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8,
+                                          constraints_func=cf, warn_independent_sampling=False)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population, constraints_func=cf)
+    if name == "evolution":
+        return RegularizedEvolutionSampler(population_size=population, sample_size=max(2, population // 4),
+                                           seed=seed, constraints_func=cf)
+    from ..errors import RegistryError
+
+    raise RegistryError("sampler", name, SAMPLERS)
+
+
+def _pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 2), reduction_factor=2)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+    return optuna.pruners.NopPruner()
+
+
+# ---------------------------------------------------------------------------- the study
+
+
+def _space_fingerprint(space: SearchSpace, cfg: StudyConfig) -> str:
+    text = json.dumps({"space": space.spec.model_dump(mode="json"), "graph": cfg.graph, "proxy": list(cfg.proxy),
+                       "objective": cfg.objective, "max_flops": cfg.max_flops, "max_params": cfg.max_params},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _load_space(cfg: StudyConfig) -> SearchSpace:
+    space = load_space(cfg.space)
+    if cfg.graph:
+        if space.spec.kind != "scaling":
+            raise SearchError(f"--graph replaces the base topology of a scaling space; {space.name!r} is "
+                              f"of kind {space.spec.kind!r}")
+        space = SearchSpace(space.spec.model_copy(update={"scaling": space.spec.scaling.model_copy(
+            update={"graph": cfg.graph})}), space.source, space.path, space.text)
+    return space
+
+
+def open_study(cfg: StudyConfig) -> tuple[optuna.Study, SearchSpace]:
+    """Create the study, or join it when it exists (it must be for the same space and settings)."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    space = _load_space(cfg)
+    _check_config(cfg)
+    storage = open_storage(cfg.storage, cfg.run_dir, cfg.heartbeat)
+    multi = cfg.objective == "pareto"
+    constrained = cfg.max_flops is not None or cfg.max_params is not None
+    fp = _space_fingerprint(space, cfg)
+    directions = ["maximize", "minimize"] if multi else ["maximize"]
+    pruner = _pruner(cfg.pruner or "hyperband", _proxy_config(space, cfg).epochs) if not multi else None
+    study = optuna.create_study(
+        storage=storage, study_name=cfg.study_name, directions=directions, load_if_exists=True,
+        sampler=make_sampler(cfg.sampler, cfg.seed, multi, constrained, cfg.population), pruner=pruner,
+    )
+    attrs = study.user_attrs
+    if "edg_fingerprint" not in attrs:
+        study.set_user_attr("edg_fingerprint", fp)
+        study.set_user_attr("edg_space", space.name)
+        study.set_user_attr("edg_config", {k: v for k, v in asdict(cfg).items() if k not in ("quiet",)})
+        study.set_user_attr("edg_space_yaml", space.text[:200_000])
+    elif attrs["edg_fingerprint"] != fp:
+        was = attrs.get("edg_config", {})
+        raise SearchError(f"study {cfg.study_name!r} in this storage was made for space {attrs.get('edg_space')!r} "
+                          f"with other settings (objective {was.get('objective')}, proxy {was.get('proxy')}); "
+                          "use another --study name or the same settings")
+    if cfg.seed_points and not attrs.get("edg_seeded"):
+        study.set_user_attr("edg_seeded", True)
+        for name in space.spec.points:
+            study.enqueue_trial(point_values(space, name), user_attrs={"edg_point": name}, skip_if_exists=True)
+    return study, space
+
+
+def _check_config(cfg: StudyConfig) -> None:
+    if cfg.sampler not in SAMPLERS:
+        from ..errors import RegistryError
+
+        raise RegistryError("sampler", cfg.sampler, SAMPLERS)
+    if cfg.pruner is not None and cfg.pruner not in PRUNERS:
+        from ..errors import RegistryError
+
+        raise RegistryError("pruner", cfg.pruner, PRUNERS)
+    if not 1 <= cfg.trials <= 100_000:
+        raise SearchError(f"--trials {cfg.trials}: allowed 1..100000")
+    if cfg.objective == "pareto" and cfg.pruner not in (None, "none"):
+        raise SearchError("pruning needs a single objective: use --objective accuracy (with --max-flops for a budget)")
+    if cfg.sampler == "nsga2" and cfg.objective != "pareto":
+        raise SearchError("NSGA-II is a multi-objective sampler: use it with --objective pareto")
+    for name, value in (("--max-flops", cfg.max_flops), ("--max-params", cfg.max_params)):
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise SearchError(f"{name} {value}: must be a positive number")
+
+
+def _proxy_config(space: SearchSpace, cfg: StudyConfig):
+    from .proxy import ProxyConfig
+
+    fields = ProxyConfig.__dataclass_fields__
+    given = {**space.spec.proxy, **dict(cfg.proxy)}
+    problems = []
+    for key in given:
+        if key not in fields:
+            from ..errors import close_match
+
+            hint = close_match(key, list(fields))
+            msg = f"unknown proxy setting {key!r}" + (f" (did you mean {hint!r}?)" if hint else
+                                                        f"; known: {', '.join(fields)}")
+            if key in space.spec.proxy:
+                problems.append(space.source.problem(("proxy", key), msg, key=True))
+            else:
+                raise SearchError(f"--proxy {key}=...: {msg}")
+    if problems:
+        raise SpecError(problems)
+    try:
+        return ProxyConfig(**{k: _coerce(fields[k].type, v) for k, v in given.items()})
+    except (TypeError, ValueError) as e:
+        raise SearchError(f"proxy settings: {e}") from None
+
+
+def _coerce(annotation: Any, value: Any) -> Any:
+    kind = str(annotation)
+    if isinstance(value, str):
+        try:
+            if "int" in kind and "float" not in kind:
+                return int(value)
+            if "float" in kind:
+                return float(value)
+            if "bool" in kind:
+                return value.lower() in ("1", "true", "yes")
+        except ValueError:
+            raise SearchError(f"proxy setting: {value!r} is not a {kind}") from None
+    return value
+
+
+# ---------------------------------------------------------------------------- slots
+
+
+def trial_status(t: FrozenTrial) -> str:
+    """done / reused / cached / pruned / rejected / over_budget / failed / stale / surplus /
+    running / waiting."""
+    if t.state == TrialState.RUNNING:
+        return "running"
+    if t.state == TrialState.WAITING:
+        return "waiting"
+    if t.state == TrialState.PRUNED:
+        return "pruned"
+    status = t.user_attrs.get("edg_status")
+    if t.state == TrialState.COMPLETE:
+        return status if status in ("done", "reused", "cached", "over_budget") else "done"
+    return status if status in ("rejected", "failed", "stale", "surplus") else "stale"
+
+
+@dataclass
+class Slots:
+    budget: int
+    latest: dict[int, FrozenTrial] = field(default_factory=dict)  # slot -> its latest attempt
+    surplus: set[int] = field(default_factory=set)  # trial numbers beyond the budget
+
+    def status(self, slot: int) -> str:
+        return trial_status(self.latest[slot])
+
+    @property
+    def finished(self) -> int:
+        return sum(1 for s in self.latest if self.status(s) in FINISHED)
+
+    @property
+    def open(self) -> int:
+        """Slots no trial has taken yet."""
+        return self.budget - len(self.latest)
+
+    def unfinished(self) -> list[FrozenTrial]:
+        return [t for s, t in self.latest.items() if trial_status(t) not in FINISHED]
+
+
+def slots(trials: list[FrozenTrial], budget: int) -> Slots:
+    """Assign trials to slots in number order: a re-run takes its original's slot, any
+    other trial the next free one, or none (surplus) once ``budget`` are taken."""
+    out = Slots(budget)
+    slot_of: dict[int, int] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        origin = retry_of(t)
+        if origin is not None and origin in slot_of:
+            slot = slot_of[origin]
+        elif origin is None and len(out.latest) < budget:
+            slot = len(out.latest)
+        else:
+            out.surplus.add(t.number)
+            continue
+        slot_of[t.number] = slot
+        out.latest[slot] = t
+    return out
+
+
+# ---------------------------------------------------------------------------- a shared results cache
+
+
+class ResultCache:
+    """Proxy results by (proxy fingerprint, candidate key) in a JSON-lines file shared by
+    studies (several samplers compared on one space train each network once)."""
+
+    def __init__(self, path: str | os.PathLike | None):
+        self.path = Path(path) if path else None
+        self._seen: dict[tuple[str, str], dict] = {}
+
+    def _load(self) -> None:
+        if self.path is None or not self.path.exists():
+            return
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                r = json.loads(line)
+                self._seen[(r["proxy"], r["key"])] = r["result"]
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line from a killed writer
+
+    def get(self, proxy: str, key: str) -> dict | None:
+        if self.path is None:
+            return None
+        if (proxy, key) not in self._seen:
+            self._load()
+        return self._seen.get((proxy, key))
+
+    def put(self, proxy: str, key: str, result: dict) -> None:
+        if self.path is None:
+            return
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.write(json.dumps({"proxy": proxy, "key": key, "result": result}) + "\n")
+            f.flush()
+            fcntl.flock(f, fcntl.LOCK_UN)
+        self._seen[(proxy, key)] = result
+
+
+# ---------------------------------------------------------------------------- the objective
+
+
+class _Stop(Exception):
+    """A trial that ends without values (rejected, failed, surplus): recorded, not raised further."""
+
+
+class Evaluator:
+    """Proxy tasks by image size (a scaling space trains at several), built on first use."""
+
+    def __init__(self, space: SearchSpace, cfg: StudyConfig):
+        self.space, self.cfg = space, cfg
+        self.base = _proxy_config(space, cfg)
+        self.tasks: dict[int, Any] = {}
+
+    def config_for(self, cand: Candidate):
+        size = max(32, int(round(self.base.image_size * cand.size_scale / 32)) * 32)
+        channels = max(8, int(round(self.base.channels * cand.width_scale / 8)) * 8)
+        return replace(self.base, image_size=size, channels=channels)
+
+    def fingerprint(self, cand: Candidate) -> str:
+        cfg = self.config_for(cand)
+        return hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def evaluate(self, cand: Candidate, report: Callable[[int, float], None] | None):
+        from .proxy import ProxyTask
+
+        cfg = self.config_for(cand)
+        if cfg.image_size not in self.tasks:
+            self.tasks[cfg.image_size] = ProxyTask(cfg, self.cfg.run_dir / "proxy-cache")
+        return self.tasks[cfg.image_size].evaluate(cand.stacked(), channels=cfg.channels, seed=self.base.seed,
+                                                   report=report)
+
+
+def _objective(study: optuna.Study, space: SearchSpace, cfg: StudyConfig, evaluator: Evaluator,
+               cache: ResultCache) -> Callable[[optuna.Trial], Any]:
+    multi = cfg.objective == "pareto"
+    metric = space.spec.metric
+    stamp = worker_stamp()
+
+    def finish(trial: optuna.Trial, status: str, **attrs: Any) -> None:
+        for k, v in attrs.items():
+            trial.set_user_attr(f"edg_{k}", v)
+        trial.set_user_attr("edg_status", status)
+
+    def values(score: float, flops: int):
+        return (score, float(flops)) if multi else score
+
+    def objective(trial: optuna.Trial):
+        trial.set_user_attr("edg_worker", stamp)
+        if trial.number in slots(study.get_trials(deepcopy=False), cfg.trials).surplus:
+            finish(trial, "surplus")
+            raise _Stop("the study already has its trials")
+        rec = RecordingAsk(optuna_ask(trial))
+        try:
+            cand = sample(space, rec)
+        except EdgError as e:
+            finish(trial, "rejected", reason=str(e))
+            raise _Stop(str(e)) from None
+        if cand.rejected:
+            finish(trial, "rejected", reason=cand.reason)
+            raise _Stop(cand.reason)
+        try:
+            cost = candidate_cost(cand, space.spec.cost)
+        except EdgError as e:
+            finish(trial, "rejected", reason=f"cannot be built: {e}")
+            raise _Stop(str(e)) from None
+        key = cand.key
+        violations = [cost.flops - cfg.max_flops if cfg.max_flops else 0.0,
+                      cost.params - cfg.max_params if cfg.max_params else 0.0]
+        named = cand.graph.copy()
+        named.graph = {**cand.graph.graph, "name": f"{space.name}_t{trial.number}",
+                       "description": f"trial {trial.number} of search {cfg.study_name!r} (space {space.name!r})"}
+        trial.set_user_attr("edg_key", key)
+        trial.set_user_attr("edg_flops", cost.flops)
+        trial.set_user_attr("edg_params", cost.params)
+        trial.set_user_attr("edg_repeat", cand.repeat)
+        trial.set_user_attr("edg_channels", cand.channels)
+        trial.set_user_attr("edg_image_size", cand.image_size)
+        trial.set_user_attr("edg_graph", graph_to_yaml(named))
+        trial.set_user_attr("edg_constraints", violations)
+        if any(v > 0 for v in violations):
+            finish(trial, "over_budget", metric=0.0)
+            return values(0.0, cost.flops)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.user_attrs.get("edg_key") == key and t.user_attrs.get("edg_status") in ("done", "cached"):
+                finish(trial, "reused", reused_from=t.number, metric=t.user_attrs["edg_metric"],
+                       map=t.user_attrs.get("edg_map"), map50=t.user_attrs.get("edg_map50"))
+                return values(t.user_attrs["edg_metric"], cost.flops)
+        fingerprint = evaluator.fingerprint(cand)
+        hit = cache.get(fingerprint, key)
+        if hit is not None:
+            finish(trial, "cached", **hit)
+            return values(hit["metric"], cost.flops)
+
+        def report(epoch: int, value: float) -> None:
+            if multi:
+                return
+            trial.report(value, epoch)
+            if trial.should_prune():
+                finish(trial, "pruned", metric=value, epochs=epoch)
+                raise optuna.TrialPruned(f"pruned after epoch {epoch} at {metric} {value:.4f}")
+
+        try:
+            result = evaluator.evaluate(cand, report if not multi else None)
+        except optuna.TrialPruned:
+            raise
+        except EdgError as e:
+            finish(trial, "failed", reason=str(e))
+            raise _Stop(str(e)) from None
+        except (RuntimeError, ValueError) as e:  # a network that cannot train (e.g. out of memory)
+            finish(trial, "failed", reason=f"{type(e).__name__}: {str(e)[:300]}")
+            raise _Stop(str(e)) from None
+        score = float(getattr(result, metric))
+        found = {"metric": score, "map": result.map, "map50": result.map50, "epochs": result.epochs,
+                 "seconds": round(result.seconds, 3), "history": list(result.history)}
+        finish(trial, "done", **found)
+        cache.put(fingerprint, key, found)
+        return values(score, cost.flops)
+
+    return objective
+
+
+# ---------------------------------------------------------------------------- workers
+
+
+def _line(study: optuna.Study, cfg: StudyConfig, last: FrozenTrial | None, started: float) -> str:
+    trials = study.get_trials(deepcopy=False)
+    s = slots(trials, cfg.trials)
+    done = s.finished
+    width = 20
+    bar = "#" * int(width * done / cfg.trials) + "." * (width - int(width * done / cfg.trials))
+    parts = [f"[{bar}] {done}/{cfg.trials}"]
+    if last is not None:
+        st = trial_status(last)
+        if "edg_metric" in last.user_attrs and st not in ("rejected", "failed"):
+            parts.append(f"trial {last.number} {st}: {last.user_attrs['edg_metric']:.3f} @ "
+                         f"{last.user_attrs.get('edg_flops', 0) / 1e9:.3f} GFLOPs")
+        else:
+            parts.append(f"trial {last.number} {st}" + (f" ({last.user_attrs.get('edg_reason', '')[:80]})"
+                                                         if st in ("rejected", "failed") else ""))
+    best = best_trials(trials, cfg.objective, 1)
+    if best:
+        b = best[0]
+        parts.append(f"best {b.user_attrs['edg_metric']:.3f} @ {b.user_attrs['edg_flops'] / 1e9:.3f} GFLOPs (#{b.number})")
+    elapsed = time.perf_counter() - started
+    return "  ".join(parts) + f"  {int(elapsed) // 60}:{int(elapsed) % 60:02d}"
+
+
+def best_trials(trials: list[FrozenTrial], objective: str, top: int | None = None) -> list[FrozenTrial]:
+    """Feasible finished trials: the Pareto front (max metric, min FLOPs; one per network)
+    in ``pareto`` mode, the best by metric in ``accuracy`` mode; best first."""
+    good = [t for t in trials if t.state == TrialState.COMPLETE and trial_status(t) in ("done", "reused", "cached")
+            and "edg_metric" in t.user_attrs]
+    by_key: dict[str, FrozenTrial] = {}
+    for t in sorted(good, key=lambda t: t.number):
+        by_key.setdefault(t.user_attrs.get("edg_key", str(t.number)), t)
+    good = list(by_key.values())
+    if objective == "pareto":
+        front = [t for t in good if not any(_dominates(o, t) for o in good)]
+        front.sort(key=lambda t: (-t.user_attrs["edg_metric"], t.user_attrs["edg_flops"]))
+    else:
+        front = sorted(good, key=lambda t: (-t.user_attrs["edg_metric"], t.user_attrs["edg_flops"]))
+    return front[:top] if top else front
+
+
+def _dominates(a: FrozenTrial, b: FrozenTrial) -> bool:
+    am, af = a.user_attrs["edg_metric"], a.user_attrs["edg_flops"]
+    bm, bf = b.user_attrs["edg_metric"], b.user_attrs["edg_flops"]
+    return am >= bm and af <= bf and (am > bm or af < bf)
+
+
+def run_worker(cfg: StudyConfig, log: Callable[[str], None] | None = None, poll: float = 2.0) -> dict:
+    """Take trials of the study until all its slots are finished; returns the counts."""
+    say = log or (lambda text: None if cfg.quiet else print(text, flush=True))
+    study, space = open_study(cfg)
+    evaluator = Evaluator(space, cfg)
+    cache = ResultCache(cfg.cache)
+    objective = _objective(study, space, cfg, evaluator, cache)
+    lock = cfg.run_dir / ".study.lock"
+    started = time.perf_counter()
+    ran = 0
+    while True:
+        for n in requeue_stale(study, lock):
+            say(f"trial {n} was left running by a worker that is gone: requeued")
+        trials = study.get_trials(deepcopy=False)
+        s = slots(trials, cfg.trials)
+        if s.finished >= cfg.trials:
+            break
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if s.open <= 0 and not waiting:
+            # every slot is taken and some still run elsewhere: wait for them (or for a
+            # dead worker's trial to be requeued)
+            if not isinstance(study._storage, optuna.storages.JournalStorage):
+                optuna.storages.fail_stale_trials(study)
+            time.sleep(poll)
+            continue
+        before = {t.number for t in trials}
+        study.optimize(objective, n_trials=1, catch=(_Stop,), gc_after_trial=False, show_progress_bar=False)
+        ran += 1
+        mine = [t for t in study.get_trials(deepcopy=False) if t.number not in before
+                and t.user_attrs.get("edg_worker") == worker_stamp()]
+        say(_line(study, cfg, mine[-1] if mine else None, started))
+    return summary(study, cfg) | {"trials_this_worker": ran}
+
+
+def summary(study: optuna.Study, cfg: StudyConfig) -> dict:
+    trials = study.get_trials(deepcopy=False)
+    s = slots(trials, cfg.trials)
+    counts: dict[str, int] = {}
+    for t in s.latest.values():
+        st = trial_status(t)
+        counts[st] = counts.get(st, 0) + 1
+    counts["requeued"] = sum(1 for t in trials if retry_of(t) is not None)
+    best = best_trials(trials, cfg.objective, 1)
+    out = {"study": cfg.study_name, "budget": cfg.trials, "finished": s.finished, "counts": counts}
+    if best:
+        b = best[0]
+        out["best"] = {"trial": b.number, "metric": b.user_attrs["edg_metric"], "flops": b.user_attrs["edg_flops"]}
+    return out
+
+
+def _worker_entry(cfg: StudyConfig) -> None:
+    try:
+        run_worker(replace(cfg, quiet=True))
+    except EdgError as e:
+        print(f"worker {os.getpid()}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(cfg: StudyConfig, workers: int = 1, log: Callable[[str], None] | None = None) -> dict:
+    """Run the study with ``workers`` local processes (this one and ``workers - 1`` more)."""
+    if not 1 <= workers <= 64:
+        raise SearchError(f"--workers {workers}: allowed 1..64")
+    open_study(cfg)  # create it (and enqueue the seeds) once, before the workers race
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker_entry, args=(cfg,), daemon=False) for _ in range(workers - 1)]
+    for p in procs:
+        p.start()
+    try:
+        result = run_worker(cfg, log)
+    finally:
+        for p in procs:
+            p.join()
+    return result
