@@ -319,12 +319,12 @@ def test_journal_storage_shared_by_two_workers_and_resumed(tmp_path):
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
 
     study = optuna.create_study(
-        study_name="evo", storage=storage(), sampler=RegularizedEvolutionSampler(population_size=6, sample_size=3, seed=0)
+        study_name="evo", storage=storage(), sampler=RegularizedEvolutionSampler(population_size=6, sample_size=3)
     )
     study.optimize(categorical_objective(), n_trials=30, n_jobs=2)
     # Another process would open the journal afresh, with its own sampler.
     resumed = optuna.load_study(
-        study_name="evo", storage=storage(), sampler=RegularizedEvolutionSampler(population_size=6, sample_size=3, seed=1)
+        study_name="evo", storage=storage(), sampler=RegularizedEvolutionSampler(population_size=6, sample_size=3)
     )
     resumed.optimize(categorical_objective(), n_trials=20)
     trials = optuna.load_study(study_name="evo", storage=storage()).trials
@@ -346,3 +346,16 @@ def test_threads_share_one_sampler():
     sampler.reseed_rng()
     study.optimize(categorical_objective(), n_trials=5)
     assert len(study.trials) == 35
+
+
+def test_a_trial_keeps_its_parent_when_another_sampler_instance_continues_it():
+    """The decision lives in the trial's system attributes, not in the sampler object."""
+    study = optuna.create_study(sampler=RegularizedEvolutionSampler(population_size=5, sample_size=2, seed=0))
+    study.optimize(categorical_objective(), n_trials=10)
+    trial = study.ask()
+    trial.suggest_categorical("p0", CHOICES)
+    study.sampler = RegularizedEvolutionSampler(population_size=5, sample_size=2, seed=99)  # "another process"
+    study.tell(trial, categorical_objective()(trial))
+    child = study.trials[-1]
+    parent = study.trials[child.system_attrs[PARENT_KEY]]
+    assert differing(child.params, parent.params) == {child.system_attrs[MUTATED_KEY]}
