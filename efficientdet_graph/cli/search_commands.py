@@ -90,6 +90,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("-o", "--output", default=None, help="folder for the PNGs (default: the run folder)")
     q.set_defaults(handler=cmd_plot)
 
+    q = s.add_parser("compare", help="found graphs vs FPN/PANet/BiFPN at matched FLOPs, re-trained with seeds",
+                     formatter_class=fmt)
+    _study_args(q)
+    q.add_argument("--top", type=_positive("--top", high=20), default=3, help="found graphs to re-train")
+    q.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="proxy seeds of the re-training")
+    q.add_argument("--baselines", nargs="+", default=["fpn", "panet", "bifpn"], help="built-in graphs to match")
+    q.add_argument("--tolerance", type=float, default=0.10, help="allowed FLOPs mismatch (fraction)")
+    q.add_argument("--epochs", type=_positive("--epochs", low=0, high=1000), default=None,
+                   help="proxy epochs of every run here (default: the study's)")
+    q.add_argument("--results", default=None, help="write the comparison (JSON) here; a .md table beside it")
+    q.set_defaults(handler=cmd_compare)
+
+    q = s.add_parser("benchmark", help="samplers against each other at an equal trial budget, several seeds",
+                     formatter_class=fmt)
+    q.add_argument("space", metavar="SPACE")
+    q.add_argument("--samplers", nargs="+", default=["random", "tpe", "evolution"],
+                   choices=("random", "tpe", "nsga2", "evolution"))
+    q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    q.add_argument("--trials", type=_positive("--trials", high=10_000), default=20, help="trials per study")
+    q.add_argument("--proxy", action="append", default=[], metavar="KEY=VALUE", help="proxy-task setting")
+    q.add_argument("--out", default="runs/search-benchmark", help="folder for the studies and the shared cache")
+    q.add_argument("--results", default=None, help="write the comparison (JSON) here; a .png beside it")
+    q.set_defaults(handler=cmd_benchmark)
+
 
 def _study_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--out", default="runs/search", help="run folder (journal storage, proxy cache, outputs)")
@@ -274,4 +298,48 @@ def cmd_plot(args: argparse.Namespace) -> int:
     study, cfg = _existing(args)
     for path in plot_study(study, cfg, args.output or args.out):
         print(f"wrote {path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .._io import atomic_write_text
+    from ..search.compare import compare_study, compare_table, write_results
+
+    if not 0 < args.tolerance < 1:
+        raise _BadArgs(f"--tolerance {args.tolerance}: allowed between 0 and 1")
+    study, cfg = _existing(args)
+    result = compare_study(study, cfg, top=args.top, seeds=args.seeds, baselines=args.baselines,
+                           tolerance=args.tolerance, epochs=args.epochs,
+                           say=lambda text: print(text, file=sys.stderr, flush=True))
+    table = compare_table(result)
+    print(table)
+    if args.results:
+        path = write_results(args.results, result)
+        atomic_write_text(Path(args.results).with_suffix(".md"), table)
+        print(f"wrote {path} and {Path(args.results).with_suffix('.md')}", file=sys.stderr)
+    if result["unmatched"]:
+        print(f"error: no scale of {', '.join(result['unmatched'])} is within {100 * args.tolerance:.0f}% of the "
+              "found graph's FLOPs", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from ..search.compare import benchmark_samplers, plot_benchmark, write_results
+
+    result = benchmark_samplers(args.space, args.samplers, args.seeds, args.trials, Path(args.out),
+                                _proxy_pairs(args.proxy), say=lambda text: print(text, file=sys.stderr, flush=True))
+    print(f"{'sampler':<10} {'best (mean, min-max)':<28} {'hypervolume (mean, min-max)':<30}")
+    for name, r in result["by_sampler"].items():
+        b, h = r["best"], r["hypervolume"]
+        print(f"{name:<10} {b['mean']:.4f} ({b['min']:.4f}-{b['max']:.4f}){'':<6} "
+              f"{h['mean']:.4f} ({h['min']:.4f}-{h['max']:.4f})")
+    if args.results:
+        path = write_results(args.results, result)
+        png = plot_benchmark(result, Path(args.results).with_suffix(".png"))
+        print(f"wrote {path} and {png}", file=sys.stderr)
+    unfinished = [f"{r['sampler']}-s{r['seed']}" for r in result["runs"] if r["finished"] < args.trials]
+    if unfinished:
+        print(f"error: studies {', '.join(unfinished)} did not finish their trials", file=sys.stderr)
+        return 1
     return 0
