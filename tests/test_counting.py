@@ -226,3 +226,22 @@ def test_cache_dir_follows_xdg(monkeypatch, tmp_path):
 def test_cost_is_a_plain_record():
     c = graph_cost(load_graph("fpn"), 16, None, 64)
     assert isinstance(c, Cost) and c.as_dict()["params"] == c.params == sum(n["params"] for n in c.nodes.values())
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_meta_counter_counts_norms_like_fvcore(train):
+    """Norms a timm backbone may hold: group, layer, instance and (training-mode) batch norm."""
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4), torch.nn.LayerNorm([5]),
+                            torch.nn.InstanceNorm2d(4), torch.nn.BatchNorm2d(4), torch.nn.BatchNorm2d(4, affine=False),
+                            torch.nn.Upsample(scale_factor=2, mode="bilinear"), torch.nn.AdaptiveAvgPool2d(3))
+    m.train(train)
+    reference, _ = fvcore_flops(m, (torch.zeros(2, 3, 7, 7),))
+    meta = m.to("meta").train(train)
+    assert count_flops(meta, (torch.empty(2, 3, 7, 7, device="meta"),)).total == reference
+
+
+def test_cli_profile_beside_fvcore(edg):
+    code, out, _ = edg("profile", "micro", "--fvcore", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["flops"] == data["fvcore_flops"] and set(data["nodes"]) == {
+        "P6_td", "P5_td", "P4_td", "P3_out", "P4_out", "P5_out", "P6_out", "P7_out"}
