@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--family", choices=("efficientdet",), help="D0-D7x beside the official counts")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--fvcore", action="store_true", help="also count with fvcore (runs the model for real)")
+    p.add_argument("--fvcore", action="store_true", help="also count with fvcore, the reference (builds and runs the model for real)")
     p.set_defaults(handler=cmd_profile)
 
     p = sub.add_parser("convert", help="load an effdet checkpoint into our model and save it")
@@ -90,9 +90,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if not args.model:
         raise EdgError("profile needs a MODEL or --family efficientdet")
     is_ckpt = Path(args.model).suffix in (".pt", ".pth", ".ckpt")
-    # by name the profile builds on the meta device; fvcore needs real weights
+    # by name the profile is counted from the spec without building the model; a
+    # checkpoint (maybe pruned) is counted by running it, fvcore needs real weights
     model = _load(args.model).eval() if (is_ckpt or args.fvcore) else None
-    p = profile_model(model if model is not None else args.model, args.image_size)
+    p = profile_model(model if is_ckpt else args.model, args.image_size)
     data = p.as_dict()
     if args.fvcore:
         import torch

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from torchvision.ops import batched_nms
 
 __all__ = ["Anchors", "decode_boxes", "encode_boxes", "postprocess"]
 
@@ -72,6 +71,7 @@ def postprocess(
     max_detections: int = 100, pre_nms_top_k: int = 1000,
 ) -> list[dict[str, torch.Tensor]]:
     """Per image: the top-scoring (anchor, class) pairs, decoded, clipped, NMS per class."""
+    from torchvision.ops import batched_nms  # here, not at the top: torchvision takes seconds to import
     b = cls_outputs[0].shape[0]
     num_classes = cls_outputs[0].shape[1] // anchors.per_position
     cls = torch.cat([c.permute(0, 2, 3, 1).reshape(b, -1, num_classes) for c in cls_outputs], 1)

@@ -25,10 +25,10 @@ import networkx as nx
 
 from .._io import atomic_write_text
 from ..compile import channels_by_level, level_sizes, module_name
-from ..errors import EdgError, RegistryError, SpecError
-from ..graph import edge_option, inputs_of, is_input, node_option, topo_order, unroll
+from ..errors import EdgError, PassError, RegistryError, SpecError
+from ..graph import inputs_of, is_input, layer_name, topo_order
 from ..ops import ACTIVATIONS, DOWNSAMPLERS, FUSIONS, NODE_OPS, UPSAMPLERS, CompileOptions
-from ..spec import ModelSpec, SourceMap, input_name
+from ..spec import MAX_NODES, ModelSpec, SourceMap, input_name
 
 __all__ = ["Cost", "graph_cost", "model_cost", "backbone_cost", "cache_dir", "COST_RULES"]
 
@@ -196,44 +196,68 @@ def _up(a: _Acc, name: str, c: int, hw: HW, out: HW, opts: CompileOptions) -> No
     a.add(*_measure(("upsample", name, c, hw, out, opts), lambda: factory(opts), [(c, *hw), (1, *out)]))
 
 
-def _feature_network(u: nx.DiGraph, channels: int, cin: Mapping[int, int], sizes: Mapping[int, HW],
+def _node_cost(level: int, srcs: list[tuple[int, int, str, str]], fusion: str, op: str, act: str,
+               channels: int, sizes: Mapping[int, HW], opts: CompileOptions) -> tuple[int, int, int]:
+    """One node as ``compile_graph`` builds it: per edge an adapter where channels
+    differ, then one halving per level down or an interpolation up; fusion; op."""
+    a, hw = _Acc(), sizes[level]
+    for slevel, width, down, up in srcs:
+        shw = sizes[slevel]
+        if width != channels:  # 1x1 conv + BN adapter, at the source's size
+            a.conv(width, channels, 1, shw)
+            a.bn_(channels, shw)
+        if slevel < level:
+            for _ in range(level - slevel):
+                shw = _down(a, down, channels, shw, opts)
+        elif slevel > level:
+            _up(a, up, channels, shw, hw, opts)
+    if len(srcs) > 1:
+        _fusion(a, fusion, len(srcs), channels, hw, opts)
+    _op(a, op, act, channels, hw, opts)
+    return a.params, a.flops, a.bn
+
+
+def _feature_network(g: nx.DiGraph, channels: int, cin: Mapping[int, int], sizes: Mapping[int, HW],
                      opts: CompileOptions) -> tuple[_Acc, dict[str, dict[str, int]]]:
-    """Walks an unrolled graph exactly as ``compile_graph`` builds it."""
+    """``g``'s ``repeat`` layers walked one after the other, as ``unroll`` chains them
+    (layer k's outputs feed layer k + 1), without copying the graph; a node's cost
+    depends only on its sources' widths, so layers after the first are counted once."""
+    n = g.graph.get("repeat", 1)
+    lo, hi = g.graph["levels"]
+    order = [v for v in topo_order(g) if not is_input(g, v)]
+    if n > 1 and len(order) * n > MAX_NODES:
+        raise PassError(f"repeating {len(order)} nodes {n} times exceeds the limit of {MAX_NODES} nodes")
+    defaults = g.graph["defaults"]
+    plan = []
+    for v in order:
+        data = g.nodes[v]
+        srcs = []
+        for s in inputs_of(g, v):
+            e = g.edges[s, v]
+            srcs.append((s, g.nodes[s]["level"], e.get("downsample") or defaults["downsample"],
+                         e.get("upsample") or defaults["upsample"]))
+        plan.append((v, data["level"], srcs, data.get("fusion") or defaults["fusion"],
+                     data.get("op") or defaults["op"], data.get("act") or defaults["act"]))
+    outputs = g.graph["outputs"]
     total, nodes = _Acc(), {}
-    width: dict[str, int] = {}
-    for v in topo_order(u):
-        data = u.nodes[v]
-        level = data["level"]
-        if data["role"] == "input":
-            width[v] = cin[level]
-            continue
-        width[v] = channels
-        hw = sizes[level]
-        a = _Acc()
-        srcs = inputs_of(u, v)
-        for s in srcs:
-            slevel, sw = u.nodes[s]["level"], width[s]
-            shw = sizes[slevel]
-            if sw != channels:  # 1x1 conv + BN adapter at the source's size
-                a.conv(sw, channels, 1, shw)
-                a.bn_(channels, shw)
-            if slevel < level:
-                down = edge_option(u, s, v, "downsample")
-                for _ in range(level - slevel):
-                    shw = _down(a, down, channels, shw, opts)
-            elif slevel > level:
-                _up(a, edge_option(u, s, v, "upsample"), channels, shw, hw, opts)
-        if len(srcs) > 1:
-            _fusion(a, node_option(u, v, "fusion"), len(srcs), channels, hw, opts)
-        _op(a, node_option(u, v, "op"), node_option(u, v, "act"), channels, hw, opts)
-        nodes[module_name(v)] = {"params": a.params, "flops": a.flops}
-        total.add(a.params, a.flops, a.bn)
-    lo, hi = u.graph["levels"]
-    for k in range(lo, hi + 1):
-        node = u.graph["outputs"][k]
-        if is_input(u, node) and width[node] != channels:
-            total.conv(width[node], channels, 1, sizes[k])
-            total.bn_(channels, sizes[k])
+    feed = {level: cin[level] for level in range(lo, hi + 1)}  # width of what enters each level
+    memo: dict[tuple, tuple[int, int, int]] = {}
+    for k in range(1, n + 1):
+        width = {input_name(level): w for level, w in feed.items()}
+        for v, level, srcs, fusion, op, act in plan:
+            ins = [(slevel, width[s], down, up) for s, slevel, down, up in srcs]
+            key = (v, tuple(w for _, w, _, _ in ins))
+            if key not in memo:
+                memo[key] = _node_cost(level, ins, fusion, op, act, channels, sizes, opts)
+            params, flops, bn = memo[key]
+            nodes[module_name(layer_name(k, v) if n > 1 else v)] = {"params": params, "flops": flops}
+            total.add(params, flops, bn)
+            width[v] = channels
+        feed = {level: width[outputs[level]] for level in feed}
+    for level, w in feed.items():  # an input passed straight out leaves with the network's width
+        if w != channels:
+            total.conv(w, channels, 1, sizes[level])
+            total.bn_(channels, sizes[level])
     return total, nodes
 
 
@@ -251,10 +275,9 @@ def graph_cost(
         from ..passes import load_graph
 
         graph = load_graph(graph)
-    u = unroll(graph)
-    lo, hi = u.graph["levels"]
+    lo, hi = graph.graph["levels"]
     cin = channels_by_level(lo, hi, channels, in_channels)
-    acc, nodes = _feature_network(u, channels, cin, level_sizes(image_size, lo, hi), options or CompileOptions())
+    acc, nodes = _feature_network(graph, channels, cin, level_sizes(image_size, lo, hi), options or CompileOptions())
     return Cost(acc.params, acc.flops, {}, nodes)
 
 
@@ -389,7 +412,7 @@ def _model(spec_or_name: ModelSpec | str | os.PathLike, image_size: int | tuple[
         sizes[level] = _half(sizes[level - 1])
         cin = C
     in_channels = {level: bb_channels.get(level, C) for level in range(lo, hi + 1)}
-    fpn, nodes = _feature_network(unroll(feature_graph(spec, graph)), C, in_channels, sizes, opts)
+    fpn, nodes = _feature_network(feature_graph(spec, graph), C, in_channels, sizes, opts)
     per_position = spec.anchors.num_scales * len(spec.anchors.aspect_ratios)
     heads = {}
     for name, outputs in (("class_net", spec.num_classes), ("box_net", 4)):

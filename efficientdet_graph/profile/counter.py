@@ -5,7 +5,8 @@ FLOPs here are multiply-adds, as the EfficientDet and EfficientNet papers report
 * H_out * W_out, an eval-mode batch norm 2 per element (1 without affine), a
 training-mode batch norm, group or layer norm 5 per element (4 without affine), nearest
 upsampling 1 and bilinear upsampling 4 per output element, adaptive average pooling 1 per
-input element; activations, additions, other pooling and padding count 0.
+input element (except to 1x1, which torch turns into a mean before dispatch: 0 here, 1 per
+element in fvcore); activations, additions, other pooling and padding count 0.
 
 ``count_flops`` runs the model on the meta device under a dispatch mode: no real
 tensors, no arithmetic, so even D7x at 1536 px is counted in about a second.

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from ..model import EfficientDet, builtin_models, create_model
+from ..model import EfficientDet, builtin_models
+from .analytic import _model
 from .counter import count_flops, count_params
 from .official import OFFICIAL
 
@@ -32,14 +33,13 @@ class Profile:
         return {"flops_convention": FLOPS_NOTE, **asdict(self)}
 
 
-def _meta_model(ref: str | os.PathLike, **overrides) -> EfficientDet:
-    with torch.device("meta"):
-        return create_model(ref, **overrides).eval()
-
-
 def profile_model(model: EfficientDet | str | os.PathLike, image_size: int | None = None) -> Profile:
-    """Count a model (built on the meta device when given by name: no memory, no compute)."""
-    m = _meta_model(model) if not isinstance(model, nn.Module) else model.eval()
+    """Count a model: a spec (built-in name or file) from its formulas without building
+    it (``model_cost``), a module by running it on its device under the FLOP counter."""
+    if not isinstance(model, nn.Module):
+        name, hw, cost, _ = _model(model, image_size)
+        return Profile(name, hw[0], cost.params, cost.flops, cost.components, cost.nodes)
+    m = model.eval()
     size = image_size or m.spec.image_size
     device = next(m.parameters()).device
     counts = count_flops(m, (torch.empty(1, 3, size, size, device=device),))
@@ -66,17 +66,17 @@ def redundant_biases(m: EfficientDet) -> int:
 
 
 def family_rows() -> list[dict]:
-    """D0-D7x at their own resolutions beside the official counts."""
+    """D0-D7x at their own resolutions beside the official counts (counted without
+    building them: ``model_cost``)."""
     rows = []
     for name in sorted(OFFICIAL, key=lambda n: (len(n), n)):
         if name not in builtin_models():
             continue
-        m = _meta_model(name)
-        p = profile_model(m)
+        _, hw, p, biases = _model(name, None)
         official_params, official_flops, exact = OFFICIAL[name]
-        with_bias = p.params + redundant_biases(m)
+        with_bias = p.params + biases
         rows.append({
-            "model": name, "image_size": p.image_size,
+            "model": name, "image_size": hw[0],
             "params": p.params, "params_with_tf_biases": with_bias, "official_params": official_params,
             "params_diff_pct": 100.0 * (p.params - official_params) / official_params,
             "params_with_tf_biases_diff_pct": 100.0 * (with_bias - official_params) / official_params,
