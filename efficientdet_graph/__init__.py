@@ -3,7 +3,19 @@
 The public API is what ``__all__`` lists; everything else may change.
 """
 
-from .errors import EdgError, PassError, Problem, RegistryError, SpecError
+from . import scale  # a callable package: efficientdet_graph.scale(phi) (no torch)
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    EdgError,
+    PassError,
+    Problem,
+    RegistryError,
+    ShapeError,
+    SpecError,
+    TrainingDiverged,
+)
 from .graph import (
     build_graph,
     canonical_hash,
@@ -36,7 +48,6 @@ _LAZY = {
     "infer_shapes": "efficientdet_graph.compile",
     "output_shapes": "efficientdet_graph.compile",
     "CompileOptions": "efficientdet_graph.ops",
-    "scale": "efficientdet_graph.scale",
     "create_model": "efficientdet_graph.model",
     "load_model": "efficientdet_graph.model",
     "save_model": "efficientdet_graph.model",
@@ -53,7 +64,10 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "CheckpointError",
     "CompileOptions",
+    "ConfigError",
+    "DataError",
     "EdgError",
     "GraphSpec",
     "PASSES",
@@ -61,7 +75,9 @@ __all__ = [
     "PassReport",
     "Problem",
     "RegistryError",
+    "ShapeError",
     "SpecError",
+    "TrainingDiverged",
     "__version__",
     "add_same_level_skips",
     "build_graph",

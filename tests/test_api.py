@@ -5,9 +5,20 @@ import importlib
 import pytest
 
 import efficientdet_graph as edg
-from efficientdet_graph import EdgError, PassError, RegistryError, SpecError
+from efficientdet_graph import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    EdgError,
+    PassError,
+    RegistryError,
+    ShapeError,
+    SpecError,
+    TrainingDiverged,
+)
 
 EXPECTED = {
+    "CheckpointError", "ConfigError", "DataError", "ShapeError", "TrainingDiverged",
     "CompileOptions", "compile_graph", "infer_shapes", "output_shapes",
     "scale", "create_model", "load_model", "save_model", "profile_model",
     "EdgError", "GraphSpec", "PASSES", "PassError", "PassReport", "Problem", "RegistryError", "SpecError",
@@ -33,7 +44,62 @@ def test_stage_modules_declare_all(module):
 def test_exception_hierarchy():
     assert issubclass(SpecError, EdgError) and issubclass(SpecError, ValueError)
     assert issubclass(RegistryError, EdgError) and issubclass(RegistryError, LookupError)
-    assert issubclass(PassError, EdgError)
+    for cls in (PassError, ConfigError, ShapeError, CheckpointError, DataError, TrainingDiverged):
+        assert issubclass(cls, EdgError), cls
+        assert cls.__module__ == "efficientdet_graph.errors", f"{cls.__name__} is defined outside errors.py"
+    assert issubclass(ConfigError, ValueError) and issubclass(ShapeError, ValueError)  # as they were
+
+
+def test_every_exception_class_lives_in_errors_py():
+    """One tree: no module defines an EdgError subclass of its own (the CLI's private
+    argument error aside), and the old import paths give the same classes."""
+    import ast
+    from pathlib import Path
+
+    from efficientdet_graph.compile import ShapeError as S
+    from efficientdet_graph.model import CheckpointError as C
+    from efficientdet_graph.train import DataError as D, TrainingDiverged as T
+
+    assert (S, C, D, T) == (ShapeError, CheckpointError, DataError, TrainingDiverged)
+    root = Path(edg.__file__).parent
+    for f in root.rglob("*.py"):
+        if f.name == "errors.py" or f.parent.name == "cli":
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ClassDef):
+                bases = {getattr(b, "id", getattr(b, "attr", "")) for b in node.bases}
+                assert not bases & {"Exception", "ValueError", "EdgError", "LookupError", "RuntimeError"}, (
+                    f"{f.relative_to(root)} defines exception {node.name}; put it in errors.py")
+
+
+def test_errors_docstring_draws_the_whole_tree():
+    import efficientdet_graph.errors as errors
+
+    for name in errors.__all__:
+        obj = getattr(errors, name)
+        if isinstance(obj, type) and issubclass(obj, EdgError) and obj is not EdgError:
+            assert f"── {name}" in errors.__doc__, name
+            assert name in edg.__all__, name
+
+
+@pytest.mark.parametrize("cls,code", [(SpecError, 2), (RegistryError, 2), (PassError, 2), (ConfigError, 2),
+                                      (ShapeError, 2), (CheckpointError, 2), (DataError, 2),
+                                      (TrainingDiverged, 1)])
+def test_cli_maps_each_error_to_its_exit_code(cls, code, monkeypatch, capsys):
+    """main() turns each class into its exit code and a message, no traceback."""
+    from efficientdet_graph.cli import graph_commands, main
+    from efficientdet_graph.errors import Problem
+
+    error = cls([Problem("x.yaml", 1, 2, "it went wrong")]) if cls is SpecError else (
+        cls("op", "it went wrong", ["sep_conv"]) if cls is RegistryError else cls("it went wrong"))
+
+    def failing(args):
+        raise error
+
+    monkeypatch.setattr(graph_commands, "cmd_schema", failing)  # bound when main() builds its parser
+    assert main(["schema"]) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "it went wrong" in err
 
 
 def test_registry_error_lists_names_and_a_close_match():

@@ -67,3 +67,36 @@ def test_cli_scale_json_equals_table_1(edg):
         phi = str(r["phi"])
         assert (r["image_size"], int(r["backbone"][-1]), r["fpn_channels"], r["fpn_repeat"], r["head_repeat"],
                 r["fusion"], r["anchor_scale"], tuple(r["levels"])) == TABLE_1[phi]
+
+
+def test_scale_is_callable_from_the_package_every_time():
+    """`edg.scale` is a lazy name and the stage's package name: both uses keep working, in any order."""
+    import subprocess
+    import sys
+
+    code = (
+        "import efficientdet_graph as e\n"
+        "a = e.scale(0).fpn_channels; b = e.scale(1).fpn_channels\n"
+        "import efficientdet_graph.scale as s\n"
+        "from efficientdet_graph.scale import family\n"
+        "c = e.scale('d2').fpn_channels; d = s.family()[3].fpn_channels; f = e.scale.family()[4].fpn_channels\n"
+        "print(a, b, c, d, f)\n"
+    )
+    for prelude in ("", "import efficientdet_graph.model\n", "import efficientdet_graph.scale\n"):
+        out = subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["64", "88", "112", "160", "224"]
+
+
+@pytest.mark.parametrize("phi", ["-1", "abc", "d-3", "7y"])
+def test_cli_scale_bad_phi_is_exit_2_without_traceback(edg, phi):
+    code, out, err = edg("scale", "--phi", phi)
+    assert code == 2 and "Traceback" not in err and "phi" in err
+
+
+def test_scale_bad_phi_is_a_config_error():
+    from efficientdet_graph import ConfigError
+
+    for bad in (-1, "abc", 1.5, None):
+        with pytest.raises(ConfigError, match="phi"):
+            scale(bad)

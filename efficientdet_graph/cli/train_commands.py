@@ -95,13 +95,9 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..train import TrainingDiverged, train
+    from ..train import train
 
-    try:
-        summary = train(_config(args))
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    summary = train(_config(args))  # TrainingDiverged: main() prints it and exits 1
     if "map50" in summary:
         print(f"done: {summary['step']} steps; val mAP@[.5:.95] {summary['map']:.3f}, mAP@0.5 {summary['map50']:.3f}")
     print(f"checkpoint: {summary.get('checkpoint')}  curves: {summary.get('curves')}")

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ..errors import RegistryError
+from ..errors import RegistryError, ShapeError
 
 __all__ = ["Backbone"]
 
@@ -36,7 +36,7 @@ class Backbone(nn.Module):
         wanted = [level for level in levels if level <= top]
         missing = [level for level in wanted if level not in by_level]
         if missing or not wanted:
-            raise ValueError(
+            raise ShapeError(
                 f"backbone {name} gives levels {sorted(by_level)}; the graph needs levels "
                 f"{list(levels)} (levels above {top} are made by the input adapter)"
             )
