@@ -249,11 +249,12 @@ def _train(cfg: TrainConfig) -> dict:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 cls_out, box_out = net(images)
             with torch.no_grad():
-                _, _, pos = loss_fn.sums([c.detach() for c in cls_out], [b.detach() for b in box_out], targets)
+                hw = tuple(images.shape[-2:])
+                _, _, pos = loss_fn.sums([c.detach() for c in cls_out], [b.detach() for b in box_out], targets, hw)
                 pos_total = pos.clone()
                 if world > 1:
                     dist.all_reduce(pos_total)
-            losses = loss_fn(cls_out, box_out, targets, positives_total=pos_total, world_size=world)
+            losses = loss_fn(cls_out, box_out, targets, positives_total=pos_total, world_size=world, image_size=hw)
             loss = losses["loss"]
             report = torch.stack([loss.detach() / world, losses["cls"].detach() / world, losses["box"].detach() / world])
             if world > 1:
