@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ..errors import RegistryError, ShapeError
+from ..errors import RegistryError
 
 __all__ = ["Backbone"]
 
@@ -35,8 +35,8 @@ class Backbone(nn.Module):
         top = max(by_level)
         wanted = [level for level in levels if level <= top]
         missing = [level for level in wanted if level not in by_level]
-        if missing or not wanted:
-            raise ShapeError(
+        if missing or not wanted:  # build_model reports it as a located SpecError
+            raise ValueError(
                 f"backbone {name} gives levels {sorted(by_level)}; the graph needs levels "
                 f"{list(levels)} (levels above {top} are made by the input adapter)"
             )
