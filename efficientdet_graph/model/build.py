@@ -54,6 +54,8 @@ class EfficientDet(nn.Module):
         g.graph = {**g.graph, "defaults": dict(g.graph["defaults"]), "repeat": spec.fpn_repeat}
         if spec.fusion:
             g.graph["defaults"]["fusion"] = spec.fusion
+        if "act" in spec.model_fields_set:  # a spec that names its activation gets it in the graph too
+            g.graph["defaults"]["act"] = spec.act
         self.fpn = compile_graph(g, spec.fpn_channels, in_channels, opts)
         self.anchors = Anchors(self.levels, spec.anchors.scale, spec.anchors.num_scales, spec.anchors.aspect_ratios)
         a = self.anchors.per_position
