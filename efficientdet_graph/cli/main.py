@@ -1,6 +1,7 @@
 """``edg``: the command line. Thin: parse arguments, call the library, print, exit.
 
-Exit codes: 0 success; 1 ``compare`` found a difference or a training run diverged;
+Exit codes: 0 success; 1 ``compare`` found a difference, a training run diverged or missed
+its ``--require`` threshold;
 2 bad input (a spec error, an unknown name, bad arguments, a bad data set or
 checkpoint). ``errors.exit_code`` maps each error class to its code.
 """
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # results files record the command
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

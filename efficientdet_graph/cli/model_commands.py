@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tf", action="store_true",
                    help="with --model: a tf_efficientdet_* checkpoint: tf_efficientnet backbone, TF 'same' padding")
     p.add_argument("--padding", choices=("same", "symmetric"), default=None,
-                   help="with --model: pooling padding, keeping the spec's backbone (effdet's efficientdet_d4/d5: same)")
+                   help="with --model: pooling padding, keeping the spec's backbone "
+                        "(effdet's efficientdet_d4/d5: same)")
     p.add_argument("--num-classes", type=int, default=None, help="default: read from the checkpoint")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(handler=cmd_convert)

@@ -279,7 +279,8 @@ def model_for_effdet(sd: dict[str, torch.Tensor], *, model: str | None = None, e
         spec = net.spec
         update: dict = {}
         if tf:
-            update["backbone"] = spec.backbone.model_copy(update={"name": "tf_" + spec.backbone.name.removeprefix("tf_")})
+            tf_name = "tf_" + spec.backbone.name.removeprefix("tf_")
+            update["backbone"] = spec.backbone.model_copy(update={"name": tf_name})
             update["padding"] = "same"
         elif padding:
             update["padding"] = padding
