@@ -3,8 +3,10 @@
 Both models are built for the same configuration (effdet with pretrained_backbone=False),
 ours is loaded with effdet's weights through the converter (and checked to give the same
 outputs), and both run on identical inputs. Measurements alternate between the two
-implementations, repetition by repetition, so drift on a noisy machine hits both alike.
-Reported: medians, ours/effdet ratios, and peak memory.
+implementations, repetition by repetition and with the first one alternating, so drift
+on a noisy machine and cache effects hit both alike. Inference rows run in eval mode
+(the training row puts both models back). Reported: medians, ours/effdet ratios, peak
+memory, and in the JSON the versions, repetitions and output difference.
 
     python benchmarks/bench_effdet.py --model d0 --device cpu --threads 2
     python benchmarks/bench_effdet.py --model d0 --device cuda --batch 1 8
@@ -60,24 +62,30 @@ def timed(fn, device) -> float:
     return time.perf_counter() - t0
 
 
+def order(keys: list[str], rep: int) -> list[str]:
+    """Which implementation runs first alternates from one repetition to the next."""
+    return list(keys) if rep % 2 == 0 else list(reversed(keys))
+
+
 def compare(label: str, fns: dict, device, warmup: int, reps: int) -> dict:
-    """Median seconds of each function, measured alternately."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
+    """Median seconds of each function, measured alternately, the first one alternating."""
+    for i in range(warmup):
+        for k in order(list(fns), i):
+            fns[k]()
     samples = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            samples[k].append(timed(fn, device))
+    for i in range(reps):
+        for k in order(list(fns), i):
+            samples[k].append(timed(fns[k], device))
     med = {k: statistics.median(v) for k, v in samples.items()}
     row = {"what": label, "ours_ms": 1e3 * med["ours"], "effdet_ms": 1e3 * med["effdet"],
-           "ratio": med["ours"] / med["effdet"]}
+           "ratio": med["ours"] / med["effdet"], "reps": reps, "warmup": warmup}
     print(f"  {label:<44} ours {row['ours_ms']:9.2f} ms   effdet {row['effdet_ms']:9.2f} ms   ratio {row['ratio']:.3f}",
           flush=True)
     return row
 
 
-def run(args) -> list[dict]:
+def run(args, agreement: dict | None = None) -> list[dict]:
+    """The timing rows; ``agreement`` receives the max abs output difference per batch."""
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
@@ -92,13 +100,15 @@ def run(args) -> list[dict]:
             feats_ours = ours.backbone(x)
             feats_ref = ref.backbone(x)
         print(f"batch {batch}: outputs agree to {diff:.2e}")
+        if agreement is not None:
+            agreement[batch] = diff
         variants = [("eager", False)] + ([("channels_last", True)] if device.type == "cuda" else [])
         amp = [None] + ([torch.bfloat16, torch.float16] if device.type == "cuda" else [])
         for tag, cl in variants:
             for dtype in amp:
                 suffix = f"{tag}" + (f", {str(dtype).split('.')[-1]} autocast" if dtype else "")
                 mf = torch.channels_last if cl else torch.contiguous_format
-                o, r = ours.to(memory_format=mf), ref.to(memory_format=mf)
+                o, r = ours.to(memory_format=mf).eval(), ref.to(memory_format=mf).eval()
                 xi = x.to(memory_format=mf)
 
                 def ctx():
@@ -120,10 +130,12 @@ def run(args) -> list[dict]:
                     with torch.no_grad(), ctx():
                         r(xi)
 
-                rows.append({"batch": batch, **compare(f"feature network, inference ({suffix})",
-                                                       {"ours": fpn_o, "effdet": fpn_r}, device, args.warmup, args.reps)})
-                rows.append({"batch": batch, **compare(f"full model forward ({suffix})",
-                                                       {"ours": fwd_o, "effdet": fwd_r}, device, args.warmup, args.reps)})
+                rows.append({"batch": batch, "eval_mode": not (o.training or r.training),
+                             **compare(f"feature network, inference ({suffix})",
+                                       {"ours": fpn_o, "effdet": fpn_r}, device, args.warmup, args.reps)})
+                rows.append({"batch": batch, "eval_mode": not (o.training or r.training),
+                             **compare(f"full model forward ({suffix})",
+                                       {"ours": fwd_o, "effdet": fwd_r}, device, args.warmup, args.reps)})
                 opt_o = torch.optim.SGD(o.parameters(), lr=1e-4, momentum=0.9)
                 opt_r = torch.optim.SGD(r.parameters(), lr=1e-4, momentum=0.9)
 
@@ -141,6 +153,7 @@ def run(args) -> list[dict]:
                 rows.append({"batch": batch, **compare(f"training step ({suffix})",
                                                        {"ours": step(o, opt_o), "effdet": step(r, opt_r)},
                                                        device, args.warmup, args.reps)})
+                o.eval(), r.eval()  # the next rows are inference again
         if args.compile:
             ours.eval(), ref.eval()
             compiled = {}
@@ -155,7 +168,8 @@ def run(args) -> list[dict]:
                         m(x)
                 return f
 
-            rows.append({"batch": batch, **compare("full model forward (torch.compile)",
+            rows.append({"batch": batch, "eval_mode": not (ours.training or ref.training),
+                         **compare("full model forward (torch.compile)",
                                                    {"ours": cf(compiled["ours"]), "effdet": cf(compiled["effdet"])},
                                                    device, args.warmup, args.reps)})
             if device.type == "cuda":  # CUDA graphs through inductor's reduce-overhead mode
@@ -234,7 +248,20 @@ def peak_memory(args) -> dict:
     return out
 
 
-def main() -> None:
+def versions() -> dict:
+    """Versions of everything timed (effdet has no ``__version__``: ask the installed metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("effdet", "timm", "efficientdet-graph"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="d0", choices=sorted(EFFDET))
     p.add_argument("--device", default="cpu")
@@ -245,28 +272,30 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--compile", action="store_true", help="also torch.compile both (slow to build on a CPU)")
     p.add_argument("--out", default=None, help="write results JSON here")
-    args = p.parse_args()
+    p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    args = p.parse_args(argv)
     args.size = args.size or {"d0": 512, "d1": 640, "d2": 768, "d3": 896}[args.model]
     env = {"date": str(date.today()), "machine": platform.processor() or platform.machine(),
-           "python": platform.python_version(), "torch": torch.__version__, "device": args.device,
-           "threads": args.threads if args.device == "cpu" else None, "model": args.model, "size": args.size}
-    try:
-        import effdet
-        import timm
-
-        env.update(effdet=effdet.__version__, timm=timm.__version__)
-    except Exception:  # pragma: no cover - reported, not fatal
-        pass
+           "node": platform.node(), "cpu_count": __import__("os").cpu_count(), **versions(),
+           "device": args.device, "threads": args.threads if args.device == "cpu" else None, "model": args.model,
+           "size": args.size, "batch": args.batch, "reps": args.reps, "warmup": args.warmup,
+           "command": "python benchmarks/bench_effdet.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     if args.device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name()
     print(json.dumps(env))
-    rows = run(args)
-    mem = peak_memory(args)
-    what = "peak allocated" if args.device.startswith("cuda") else "peak RSS growth"
-    print(f"  memory of forward + backward, {what} (MiB): ours {mem['ours']:.0f}, effdet {mem['effdet']:.0f}, "
-          f"ratio {mem['ours'] / mem['effdet']:.3f}")
+    agreement: dict = {}
+    rows = run(args, agreement)
+    doc = {"env": env, "max_abs_output_difference": {str(b): d for b, d in agreement.items()}, "rows": rows}
+    if not args.no_memory:
+        mem = peak_memory(args)
+        what = "peak allocated" if args.device.startswith("cuda") else "peak RSS growth"
+        print(f"  memory of forward + backward, {what} (MiB): ours {mem['ours']:.0f}, effdet {mem['effdet']:.0f}, "
+              f"ratio {mem['ours'] / mem['effdet']:.3f}")
+        doc["peak_memory_mib"] = mem
     if args.out:
-        Path(args.out).write_text(json.dumps({"env": env, "rows": rows, "peak_memory_mib": mem}, indent=2))
+        from efficientdet_graph._io import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(doc, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,20 @@
 The public API is what ``__all__`` lists; everything else may change.
 """
 
-from .errors import EdgError, PassError, Problem, RegistryError, SpecError
+from . import scale  # a callable package: efficientdet_graph.scale(phi) (no torch)
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    EdgError,
+    PassError,
+    Problem,
+    RegistryError,
+    SearchError,
+    ShapeError,
+    SpecError,
+    TrainingDiverged,
+)
 from .graph import (
     build_graph,
     canonical_hash,
@@ -26,6 +39,7 @@ from .passes import (
     run_passes,
 )
 from .spec import GraphSpec, load_spec, load_spec_text
+from . import search  # noqa: E402  (spaces and sampling need no torch; studies load it on use)
 
 __version__ = "0.1.0"
 
@@ -36,7 +50,6 @@ _LAZY = {
     "infer_shapes": "efficientdet_graph.compile",
     "output_shapes": "efficientdet_graph.compile",
     "CompileOptions": "efficientdet_graph.ops",
-    "scale": "efficientdet_graph.scale",
     "create_model": "efficientdet_graph.model",
     "load_model": "efficientdet_graph.model",
     "save_model": "efficientdet_graph.model",
@@ -53,7 +66,10 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "CheckpointError",
     "CompileOptions",
+    "ConfigError",
+    "DataError",
     "EdgError",
     "GraphSpec",
     "PASSES",
@@ -61,7 +77,10 @@ __all__ = [
     "PassReport",
     "Problem",
     "RegistryError",
+    "SearchError",
+    "ShapeError",
     "SpecError",
+    "TrainingDiverged",
     "__version__",
     "add_same_level_skips",
     "build_graph",
@@ -87,5 +106,6 @@ __all__ = [
     "same_structure",
     "save_model",
     "scale",
+    "search",
     "unroll",
 ]

@@ -1,13 +1,21 @@
 """The one exception hierarchy of efficientdet-graph.
 
-    EdgError
-     ├── SpecError       a spec (YAML or in-memory) is wrong; lists every problem found
-     ├── RegistryError   an unknown name was looked up in a registry (op, pass, built-in graph)
-     ├── PassError       an analysis pass was given arguments or a graph it cannot handle
-     └── SearchError     a search study cannot run as asked (storage, space/point mismatch)
+    EdgError                  (the CLI exits 2 on each, 1 on TrainingDiverged)
+     ├── SpecError            a spec (YAML or in-memory) is wrong; lists every problem found
+     ├── RegistryError        an unknown name was looked up in a registry (op, pass, built-in graph)
+     ├── PassError            an analysis pass was given arguments or a graph it cannot handle
+     ├── ConfigError          an argument given from Python or the command line is invalid
+     │                        (a phi out of range, an unknown padding, a name registered twice)
+     ├── ShapeError           an input size or channel count that cannot work
+     ├── CheckpointError      a checkpoint that cannot be read, does not fit the model, or
+     │                        cannot be converted into the same network
+     ├── DataError            a data set that cannot be used
+     ├── SearchError          a search study cannot run as asked (storage, space/point mismatch)
+     └── TrainingDiverged     the loss became NaN or infinite (exit code 1)
 
-Every error a user can cause by writing a spec ends as one of these, never as a
-bare KeyError or a shape error from deep inside a forward pass.
+Every error a user can cause ends as one of these, never as a bare KeyError or a shape
+error from deep inside a forward pass. The stage modules that raise them re-export them
+(``efficientdet_graph.compile.ShapeError`` is ``errors.ShapeError``).
 """
 
 from __future__ import annotations
@@ -16,7 +24,10 @@ import difflib
 from dataclasses import dataclass
 from typing import Iterable
 
-__all__ = ["EdgError", "SpecError", "RegistryError", "PassError", "SearchError", "Problem", "close_match"]
+__all__ = [
+    "EdgError", "SpecError", "RegistryError", "PassError", "ConfigError", "ShapeError", "CheckpointError",
+    "DataError", "SearchError", "TrainingDiverged", "EXIT_CODES", "exit_code", "Problem", "close_match",
+]
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,39 @@ class PassError(EdgError):
 class SearchError(EdgError):
     """A search cannot run as asked: a storage that cannot be opened, a study made for
     another space, a point that is not in the space."""
+
+
+class ConfigError(EdgError, ValueError):
+    """An argument given from Python or the command line is invalid."""
+
+
+class ShapeError(EdgError, ValueError):
+    """An input size or channel count that cannot work."""
+
+
+class CheckpointError(EdgError):
+    """A checkpoint that cannot be read, does not fit the model, or cannot be converted
+    into the same network."""
+
+
+class DataError(EdgError):
+    """A data set that cannot be used."""
+
+
+class TrainingDiverged(EdgError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# The CLI's exit code per class (most specific first); every other EdgError is bad input.
+EXIT_CODES: dict[type[EdgError], int] = {TrainingDiverged: 1, EdgError: 2}
+
+
+def exit_code(error: EdgError) -> int:
+    """The exit code the command line returns for ``error``."""
+    for cls, code in EXIT_CODES.items():
+        if isinstance(error, cls):
+            return code
+    return 2
 
 
 def close_match(word: str, candidates: Iterable[str]) -> str | None:

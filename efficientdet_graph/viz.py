@@ -10,6 +10,7 @@ from pathlib import Path
 
 import networkx as nx
 
+from .errors import ConfigError
 from .graph import canonical_hash, depths, inner_nodes, inputs_of, is_input, node_option, unroll
 
 __all__ = ["summary", "to_mermaid", "to_dot", "draw"]
@@ -92,7 +93,7 @@ def draw(g: nx.DiGraph, path: str | os.PathLike) -> Path:
 
     path = Path(path)
     if path.suffix.lower() not in (".png", ".svg"):
-        raise ValueError(f"cannot draw to {path.name!r}: use a .png or .svg file name")
+        raise ConfigError(f"cannot draw to {path.name!r}: use a .png or .svg file name")
     u = unroll(g)
     lo, hi = u.graph["levels"]
     outs = {v: k for k, v in u.graph["outputs"].items()}

@@ -1,4 +1,4 @@
-"""Every built-in graph loads, validates and round-trips; the published ones match REFERENCE.md."""
+"""Every built-in graph loads, validates and round-trips; the published ones match the papers (docs/reference.md)."""
 
 import networkx as nx
 import pytest
@@ -45,7 +45,7 @@ def test_builtin_is_a_complete_pyramid(name):
     assert nx.is_directed_acyclic_graph(g)
 
 
-# Node and edge counts stated in REFERENCE.md (and our documented choices for the
+# Node and edge counts stated in the EfficientDet paper, Fig. 2 and §3.2 (docs/reference.md) (and our documented choices for the
 # graphs whose edges are not published).
 COUNTS = {"fpn": (5, 9), "panet": (10, 18), "bifpn": (8, 19), "qufpn": (21, 48), "fully_connected": (10, 58)}
 
@@ -57,7 +57,7 @@ def test_counts_match_reference(name, counts):
 
 
 def test_bifpn_is_exactly_the_published_layer():
-    # REFERENCE.md, "BiFPN (one layer)", typed in by hand.
+    # EfficientDet paper Fig. 2d / §3.2 (docs/reference.md, "BiFPN"), typed in by hand.
     published = {
         "P6_td": ["P6_in", "P7_in"],
         "P5_td": ["P5_in", "P6_td"],
@@ -74,7 +74,7 @@ def test_bifpn_is_exactly_the_published_layer():
 
 
 def test_nasfpn_is_the_published_cell():
-    # REFERENCE.md: n1 = GP(P6_in, P4_in)@4; n2 = SUM(n1, P4_in)@4; P3_out = SUM(n2, P3_in);
+    # NAS-FPN paper (arXiv 1904.07392) Fig. 7b, as docs/reference.md: n1 = GP(P6_in, P4_in)@4; n2 = SUM(n1, P4_in)@4; P3_out = SUM(n2, P3_in);
     # P4_out = SUM(P3_out, n2); P5_out = SUM(P5_in, GP(P4_out, P3_out));
     # P7_out = SUM(P7_in, GP(P5_out, n2)); P6_out = GP(P7_out, P5_out).
     g = load_graph("nasfpn")
@@ -98,6 +98,6 @@ def test_generator_reproduces_the_handwritten_yaml(name):
 
 @pytest.mark.parametrize("lo,hi,nodes,edges", [(3, 8, 10, 24), (3, 7, 8, 19), (2, 7, 10, 24), (3, 4, 2, 4)])
 def test_bifpn_generator_counts(lo, hi, nodes, edges):
-    # P3-P8 (D7x): 10 nodes, 24 edges (REFERENCE.md). In general 2(n-1) nodes, 5n-6 edges.
+    # P3-P8 (D7x): 10 nodes, 24 edges (docs/reference.md). In general 2(n-1) nodes, 5n-6 edges.
     g = build_graph(generate("bifpn", lo, hi))
     assert (sum(1 for v in g if not is_input(g, v)), g.number_of_edges()) == (nodes, edges)

@@ -15,7 +15,7 @@ from efficientdet_graph.spec.builtin import builtin_names
 
 from test_properties import dag_specs
 
-B0 = {3: 40, 4: 112, 5: 320}  # EfficientNet-B0 channels at P3-P5 (REFERENCE.md)
+B0 = {3: 40, 4: 112, 5: 320}  # EfficientNet-B0 channels at P3-P5 (timm feature_info; docs/reference.md)
 
 
 def randomize(m: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -32,7 +32,7 @@ def randomize(m: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def reference_bifpn(m, feats, C):
-    """One BiFPN layer written out by hand from the paper and REFERENCE.md."""
+    """One BiFPN layer written out by hand from the paper (§3.3, Fig. 2d; docs/reference.md)."""
     P = dict(zip(range(3, 8), feats))
     prm = m.get_parameter
 
@@ -220,7 +220,7 @@ def test_random_specs_compile(data):
 
 
 def test_d0_bifpn_parameter_count_matches_effdet():
-    """REFERENCE.md: the PyTorch port's D0 BiFPN has 194,361 parameters. It holds the
+    """docs/reference.md: the PyTorch port (effdet)'s D0 BiFPN has 194,361 parameters. It holds the
     3-layer BiFPN at 64 channels on EfficientNet-B0 features (40/112/320) plus the
     P6 input adapter (1x1 conv 320->64 without bias + BN); P7 is a bare max-pool."""
     g = load_graph("bifpn")

@@ -9,10 +9,11 @@ effdet = pytest.importorskip("effdet", reason="effdet is a test dependency: pip 
 from efficientdet_graph.model import convert_effdet, create_model, load_model  # noqa: E402
 
 
-def reference(name: str, size: int, seed: int = 0, gentle: bool = False):
+def reference(name: str, size, seed: int = 0, gentle: bool = False):
     """An effdet model with random weights and BN statistics (so no term is trivially 0 or 1)."""
     torch.manual_seed(seed)
-    ref = effdet.create_model(name, pretrained=False, pretrained_backbone=False, image_size=(size, size)).eval()
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    ref = effdet.create_model(name, pretrained=False, pretrained_backbone=False, image_size=hw).eval()
     with torch.no_grad():
         for pname, p in ref.named_parameters():
             if "edge_weights" in pname:
@@ -88,3 +89,53 @@ def test_convert_refuses_a_mismatched_checkpoint(edg, tmp_path):
     torch.save(ref.state_dict(), src)
     code, _, err = edg("convert", src, "--model", "efficientdet-d0", "-o", tmp_path / "x.pt")
     assert code == 2 and "do not fit" in err
+
+
+# Image sizes not divisible by 2^max_level: the official code and effdet place a level's
+# anchors with stride image size / feature size on each axis (not 2^level).
+ODD_SIZES = [(385, 513), (511, 513), (300, 200), (97, 131), (512, 512)]
+
+
+@pytest.mark.parametrize("size", ODD_SIZES)
+@pytest.mark.parametrize("levels,anchor_scale", [((3, 7), 4.0), ((3, 8), 5.0)])
+def test_anchors_equal_effdets(size, levels, anchor_scale):
+    from effdet.anchors import Anchors as EffdetAnchors
+
+    from efficientdet_graph.compile import level_size
+    from efficientdet_graph.model import Anchors
+
+    aspect = [(1.0, 1.0), (1.4, 0.7), (0.7, 1.4)]
+    theirs = EffdetAnchors(levels[0], levels[1], 3, aspect, anchor_scale, size).boxes.double()  # y1 x1 y2 x2
+    lv = list(range(levels[0], levels[1] + 1))
+    ours = Anchors(lv, anchor_scale, 3, aspect).boxes([level_size(size, lvl) for lvl in lv], image_size=size,
+                                                       dtype=torch.float64)
+    assert ours.shape == theirs.shape
+    assert torch.allclose(ours[:, [1, 0, 3, 2]], theirs, atol=1e-3, rtol=0)  # effdet rounds to fp32
+
+
+@pytest.mark.parametrize("size", [(197, 263)])
+def test_detections_equal_effdets_at_odd_sizes(size):
+    """Raw outputs in fp64, then each side's post-processing: the same boxes, scores and classes
+    (the anchors at 385x513 and other sizes are compared directly above)."""
+    from effdet import DetBenchPredict
+
+    ref = reference("efficientdet_d0", size)
+    ours = convert_effdet(create_model("efficientdet-d0").eval(), ref.state_dict())
+    ref, ours = ref.double(), ours.double()
+    bench = DetBenchPredict(ref).eval()
+    x = torch.randn(1, 3, *size, dtype=torch.float64)
+    h, w = size
+    with torch.no_grad():
+        theirs = bench(x, {"img_scale": torch.ones(1),  # effdet post-processes in fp32
+                           "img_size": torch.tensor([[float(w), float(h)]])})[0]
+        mine = ours.detect(x, score_threshold=0.0, max_detections=100)[0]
+    theirs = theirs[theirs[:, 4] > 0].double()
+    n = len(mine["scores"])
+    assert n == len(theirs) and n > 50
+    assert torch.allclose(mine["scores"], theirs[:, 4], atol=1e-5)
+    assert len(set(theirs[:, 4].tolist())) > n // 2  # scores spread out: the order is not decided by ties
+    # the same (class, box) pairs; effdet counts classes from 1
+    ours_rows = torch.cat([mine["boxes"], (mine["labels"] + 1)[:, None].double()], 1)
+    theirs_rows = torch.cat([theirs[:, :4], theirs[:, 5:6]], 1)
+    dist = torch.cdist(ours_rows, theirs_rows, p=float("inf"))
+    assert float(dist.min(1).values.max()) < 1e-2 and float(dist.min(0).values.max()) < 1e-2

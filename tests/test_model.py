@@ -1,4 +1,4 @@
-"""Detectors: counts against REFERENCE.md, the family against the official table, specs, checkpoints."""
+"""Detectors: counts against effdet and the official ones (docs/reference.md), the family against the official table, specs, checkpoints."""
 
 import pytest
 import torch
@@ -13,7 +13,7 @@ def n(module):
 
 
 def test_d0_counts_match_the_pytorch_port():
-    # REFERENCE.md: 3,877,763 parameters (backbone 3,595,388; BiFPN 194,361; class 69,162; box 18,852)
+    # effdet efficientdet_d0 (docs/reference.md): 3,877,763 parameters (backbone 3,595,388; BiFPN 194,361; class 69,162; box 18,852)
     m = create_model("efficientdet-d0")
     assert n(m) == 3_877_763
     assert n(m.backbone) == 3_595_388

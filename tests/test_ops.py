@@ -1,4 +1,4 @@
-"""Fusion and resample ops against the known values of REFERENCE.md and hand computations."""
+"""Fusion and resample ops against the known values of the paper's fusion formulas (§3.3; docs/reference.md) and hand computations."""
 
 import pytest
 import torch

@@ -221,7 +221,7 @@ def _tour_compile() -> None:
     params = sum(p.numel() for p in m.parameters())
     adapter = 320 * 64 + 2 * 64  # P6 from C5: 1x1 conv 320->64 + BN (made by the model stage)
     print(f"   built in {built * 1000:.0f} ms: {params:,} parameters; with the P6 input adapter "
-          f"({adapter:,}) {params + adapter:,}, effdet's D0 BiFPN count is 194,361 (REFERENCE.md)")
+          f"({adapter:,}) {params + adapter:,}, effdet's D0 BiFPN count is 194,361 (docs/reference.md)")
     lines = m.code.strip("\n").splitlines()
     print("   generated forward (first lines; `edg compile bifpn --print-code` shows all):")
     for line in lines[:5]:

@@ -1,7 +1,9 @@
 """``edg``: the command line. Thin: parse arguments, call the library, print, exit.
 
-Exit codes: 0 success; 1 ``compare`` found a difference; 2 bad input (a spec
-error, an unknown name, bad arguments).
+Exit codes: 0 success; 1 ``compare`` found a difference, a training run diverged or missed
+its ``--require`` threshold;
+2 bad input (a spec error, an unknown name, bad arguments, a bad data set or
+checkpoint). ``errors.exit_code`` maps each error class to its code.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import sys
 from typing import Callable, Sequence
 
 from .. import __version__
-from ..errors import EdgError
+from ..errors import EdgError, exit_code
 from . import compile_commands, graph_commands, model_commands, search_commands, train_commands
 
 __all__ = ["main", "build_parser"]
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # results files record the command
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
@@ -44,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {e}" if not hasattr(e, "problems") else str(e), file=sys.stderr)
-        return 2
+        return exit_code(e)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -26,12 +26,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fvcore", action="store_true", help="also count with fvcore, the reference (builds and runs the model for real)")
     p.set_defaults(handler=cmd_profile)
 
-    p = sub.add_parser("convert", help="load an effdet checkpoint into our model and save it")
+    p = sub.add_parser("convert", help="load an effdet checkpoint into our model and save it",
+                       description="Convert an effdet checkpoint. The network is named by --effdet-config "
+                       "(every setting from effdet's config) or by --model (our spec) with --tf / --padding; "
+                       "a checkpoint whose tensors fit more than one network is refused until it is named.")
     p.add_argument("checkpoint", help="effdet (efficientdet-pytorch) state dict or training checkpoint")
-    p.add_argument("--model", required=True, help="our model: built-in name (efficientdet-d0) or spec file")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="our model: built-in name (efficientdet-d0) or spec file")
+    which.add_argument("--effdet-config", metavar="NAME",
+                       help="effdet's config name (efficientdet_d4, tf_efficientdet_d0, ...): backbone, padding, "
+                            "levels, widths, fusion and anchors all from it (needs the effdet package)")
     p.add_argument("--tf", action="store_true",
-                   help="a tf_efficientdet_* checkpoint: tf_efficientnet backbone, TF 'same' padding")
-    p.add_argument("--num-classes", type=int, default=None)
+                   help="with --model: a tf_efficientdet_* checkpoint: tf_efficientnet backbone, TF 'same' padding")
+    p.add_argument("--padding", choices=("same", "symmetric"), default=None,
+                   help="with --model: pooling padding, keeping the spec's backbone "
+                        "(effdet's efficientdet_d4/d5: same)")
+    p.add_argument("--num-classes", type=int, default=None, help="default: read from the checkpoint")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(handler=cmd_convert)
 
@@ -117,21 +127,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ..model import convert_effdet, create_model, load_effdet_checkpoint, save_model
+    from ..model import load_effdet_checkpoint, model_for_effdet, save_model
 
     sd = load_effdet_checkpoint(args.checkpoint)
-    overrides = {}
-    if args.num_classes:
-        overrides["num_classes"] = args.num_classes
-    model = create_model(args.model, **overrides)
-    if args.tf:
-        from ..model import build_model
-
-        bb = model.spec.backbone.model_copy(update={"name": "tf_" + model.spec.backbone.name.removeprefix("tf_")})
-        model = build_model(model.spec.model_copy(update={"backbone": bb, "padding": "same"}), graph=model.graph)
-    convert_effdet(model, sd)
+    model = model_for_effdet(sd, model=args.model, effdet_config=args.effdet_config, tf=args.tf,
+                             padding=args.padding, num_classes=args.num_classes)
     save_model(model, args.output)
-    print(f"converted {len(sd)} tensors into {model.spec.name}; wrote {args.output}")
+    s = model.spec
+    print(f"converted {len(sd)} tensors into {s.name} (backbone {s.backbone.name}, padding {s.padding}, "
+          f"fusion {s.fusion}, {s.num_classes} classes); wrote {args.output}")
     return 0
 
 

@@ -71,6 +71,12 @@ def _train_args(p: argparse.ArgumentParser, default_out: str = "runs/train") -> 
     p.add_argument("--synthetic-train", type=int, default=512)
     p.add_argument("--synthetic-val", type=int, default=128)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--results", default=None, metavar="FILE",
+                   help="write the metrics, per-epoch curves, command, versions, date and machine to FILE (JSON; "
+                        "the curves picture beside it)")
+    p.add_argument("--require", action="append", default=[], metavar="METRIC>=VALUE",
+                   help="exit 1 unless the final metric meets this (repeatable; e.g. map50>=0.5); "
+                        "in an ablation every graph must meet it")
 
 
 def _config(args: argparse.Namespace, **override):
@@ -94,18 +100,40 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from ..train import TrainingDiverged, train
+def _requirements(args: argparse.Namespace):
+    from ..train import parse_requirement
 
-    try:
-        summary = train(_config(args))
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return [parse_requirement(r) for r in args.require]  # bad syntax: exit 2 before training
+
+
+def _report(results: list[dict]) -> int:
+    failed = [r for r in results if not r["passed"]]
+    for r in results:
+        where = f"{r['graph']}: " if "graph" in r else ""
+        print(f"{'ok' if r['passed'] else 'FAILED'}: {where}{r['metric']} = {r['measured']} "
+              f"(required {r['op']} {r['value']:g})", file=sys.stderr if not r["passed"] else sys.stdout)
+    return 1 if failed else 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from ..train import train, write_results
+    from ..train.progress import MetricsLog
+
+    requirements = _requirements(args)
+    config = _config(args)
+    summary = train(config)  # TrainingDiverged: main() prints it and exits 1
+    checked = [r.check(summary) for r in requirements]
+    if args.results:
+        curves = [r for r in MetricsLog(Path(config.out) / "metrics.jsonl").read() if r.get("type") == "epoch"]
+        path = write_results(args.results, command=["edg", *args.argv], config=asdict(config), metrics=summary,
+                             curves=curves, requirements=checked, curves_png=summary.get("curves"))
+        print(f"results: {path}")
     if "map50" in summary:
         print(f"done: {summary['step']} steps; val mAP@[.5:.95] {summary['map']:.3f}, mAP@0.5 {summary['map50']:.3f}")
     print(f"checkpoint: {summary.get('checkpoint')}  curves: {summary.get('curves')}")
-    return 0
+    return _report(checked)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -166,6 +194,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     from ..train import train
     from .._io import atomic_write_text
 
+    requirements = _requirements(args)
     out = Path(args.out)
     data = args.data
     if data == "synthetic":
@@ -198,4 +227,14 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     atomic_write_text(out / "table.json", json.dumps(rows, indent=2))
     print(table)
     print(f"wrote {out / 'table.md'} and {out / 'table.json'}")
-    return 0
+    checked = [{"graph": r["graph"], **q.check(r)} for r in rows for q in requirements]
+    if args.results:
+        from dataclasses import asdict
+
+        from ..train import write_results
+
+        config = {**asdict(_config(args, data=data)), "graphs": args.graphs}
+        path = write_results(args.results, command=["edg", *args.argv], config=config, rows=rows,
+                             requirements=checked)
+        print(f"results: {path}")
+    return _report(checked)

@@ -12,14 +12,11 @@ from typing import Mapping
 
 import networkx as nx
 
-from ..errors import EdgError
+from ..errors import ShapeError  # defined in errors.py, re-exported here
 from ..graph import is_input, topo_order, unroll
 
 __all__ = ["ShapeError", "level_size", "level_sizes", "channels_by_level", "infer_shapes", "output_shapes"]
 
-
-class ShapeError(EdgError, ValueError):
-    """An input size or channel count that cannot work."""
 
 
 def _hw(size: int | tuple[int, int]) -> tuple[int, int]:

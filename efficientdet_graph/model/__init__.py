@@ -17,7 +17,14 @@ __all__ = [
 ]
 
 from .checkpoint import CheckpointError, load_model, save_atomic, save_model  # noqa: E402
-from .convert import convert_effdet, effdet_state_dict, load_effdet_checkpoint  # noqa: E402
+from .convert import (  # noqa: E402
+    convert_effdet,
+    effdet_state_dict,
+    has_redundant_bias,
+    load_effdet_checkpoint,
+    model_for_effdet,
+    spec_from_effdet_config,
+)
 
-__all__ += ["CheckpointError", "convert_effdet", "effdet_state_dict", "load_effdet_checkpoint", "load_model",
-            "save_atomic", "save_model"]
+__all__ += ["CheckpointError", "convert_effdet", "effdet_state_dict", "has_redundant_bias", "load_effdet_checkpoint",
+            "load_model", "model_for_effdet", "save_atomic", "save_model", "spec_from_effdet_config"]

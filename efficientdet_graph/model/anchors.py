@@ -21,28 +21,39 @@ class Anchors:
     def per_position(self) -> int:
         return self.num_scales * len(self.aspect_ratios)
 
-    def boxes(self, sizes: list[tuple[int, int]], device=None) -> torch.Tensor:
-        """All anchors for feature maps of ``sizes`` (one (h, w) per level)."""
-        key = (tuple(sizes), str(device))
+    def boxes(self, sizes: list[tuple[int, int]], device=None, image_size: tuple[int, int] | None = None,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """All anchors for feature maps of ``sizes`` (one (h, w) per level) of an image of
+        ``image_size`` (h, w).
+
+        The stride of a level is image size / feature size on each axis, as the official
+        code and effdet place anchors: 2^level only when the image size is divisible by
+        2^level (a 385x513 image's P7 is 4x5, strides 96.25 and 102.6, not 128). Without
+        ``image_size`` the image is taken as the lowest level's size times 2^level."""
+        if image_size is None:
+            lo, (h0, w0) = self.levels[0], sizes[0]
+            image_size = (h0 * 2**lo, w0 * 2**lo)
+        ih, iw = image_size
+        key = (tuple(sizes), (ih, iw), str(device), dtype)
         if key not in self._cache:
             per_level = []
-            for level, (h, w) in zip(self.levels, sizes):
-                stride = 2.0**level
-                ys = (torch.arange(h, dtype=torch.float64) + 0.5) * stride
-                xs = (torch.arange(w, dtype=torch.float64) + 0.5) * stride
+            for (h, w) in sizes:
+                sy, sx = ih / h, iw / w
+                ys = (torch.arange(h, dtype=torch.float64) + 0.5) * sy
+                xs = (torch.arange(w, dtype=torch.float64) + 0.5) * sx
                 cy, cx = torch.meshgrid(ys, xs, indexing="ij")
                 cy, cx = cy.reshape(-1, 1), cx.reshape(-1, 1)
                 half = []
                 for octave in range(self.num_scales):
-                    base = self.scale * stride * 2.0 ** (octave / self.num_scales)
+                    octave_scale = self.scale * 2.0 ** (octave / self.num_scales)
                     for ax, ay in self.aspect_ratios:
-                        half.append((base * ax / 2.0, base * ay / 2.0))
+                        half.append((octave_scale * sx * ax / 2.0, octave_scale * sy * ay / 2.0))
                 hw = torch.tensor(half, dtype=torch.float64)  # (A, 2)
                 boxes = torch.stack(
                     [cx - hw[:, 0], cy - hw[:, 1], cx + hw[:, 0], cy + hw[:, 1]], dim=-1
                 )  # (H*W, A, 4)
                 per_level.append(boxes.reshape(-1, 4))
-            self._cache[key] = torch.cat(per_level).float().to(device)
+            self._cache[key] = torch.cat(per_level).to(device=device, dtype=dtype)
         return self._cache[key]
 
 
@@ -76,7 +87,8 @@ def postprocess(
     num_classes = cls_outputs[0].shape[1] // anchors.per_position
     cls = torch.cat([c.permute(0, 2, 3, 1).reshape(b, -1, num_classes) for c in cls_outputs], 1)
     box = torch.cat([x.permute(0, 2, 3, 1).reshape(b, -1, 4) for x in box_outputs], 1)
-    anc = anchors.boxes([tuple(c.shape[-2:]) for c in cls_outputs], cls.device)
+    dtype = cls.dtype if cls.dtype == torch.float64 else torch.float32
+    anc = anchors.boxes([tuple(c.shape[-2:]) for c in cls_outputs], cls.device, tuple(image_size), dtype)
     results = []
     for i in range(b):
         scores = cls[i].sigmoid().flatten()
@@ -85,9 +97,9 @@ def postprocess(
         keep = top > score_threshold
         top, idx = top[keep], idx[keep]
         a, labels = idx // num_classes, idx % num_classes
-        boxes = decode_boxes(box[i, a].float(), anc[a])
+        boxes = decode_boxes(box[i, a].to(dtype), anc[a])
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, image_size[1])
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image_size[0])
-        kept = batched_nms(boxes, top.float(), labels, iou_threshold)[:max_detections]
+        kept = batched_nms(boxes, top.to(dtype), labels, iou_threshold)[:max_detections]
         results.append({"boxes": boxes[kept], "scores": top[kept], "labels": labels[kept]})
     return results

@@ -36,6 +36,8 @@ def feature_graph(spec: ModelSpec, graph: nx.DiGraph) -> nx.DiGraph:
     g.graph = {**g.graph, "defaults": dict(g.graph["defaults"]), "repeat": spec.fpn_repeat}
     if spec.fusion:
         g.graph["defaults"]["fusion"] = spec.fusion
+    if "act" in spec.model_fields_set:  # a spec that names its activation gets it in the graph too
+        g.graph["defaults"]["act"] = spec.act
     return g
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .._io import atomic_open
-from ..errors import EdgError
+from ..errors import CheckpointError  # defined in errors.py, re-exported here
 from ..graph import build_graph, graph_to_yaml
 from ..spec import ModelSpec, load_spec_text
 from .build import EfficientDet, build_model
@@ -19,9 +19,6 @@ __all__ = ["FORMAT", "CheckpointError", "save_atomic", "save_model", "load_model
 
 FORMAT = "efficientdet-graph/1"
 
-
-class CheckpointError(EdgError):
-    """A checkpoint that cannot be read or does not fit the model."""
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:

@@ -15,7 +15,7 @@ class SeparableConv(nn.Sequential):
     """act -> depthwise 3x3 -> pointwise 1x1 -> BN (EfficientDet's BiFPN node).
 
     No conv bias: the BN right after makes it redundant (the TF code keeps one; that
-    is the parameter-count difference noted in REFERENCE.md)."""
+    is the parameter-count difference noted in docs/reference.md)."""
 
     def __init__(self, channels: int, act: nn.Module, opts: CompileOptions):
         super().__init__()

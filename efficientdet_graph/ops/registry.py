@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Generic, Iterator, TypeVar
 
-from ..errors import RegistryError
+from ..errors import ConfigError, RegistryError
 from ..spec.vocab import register_name
 
 __all__ = ["Registry", "CompileOptions", "FUSIONS", "NODE_OPS", "ACTIVATIONS", "DOWNSAMPLERS", "UPSAMPLERS"]
@@ -33,7 +33,7 @@ class CompileOptions:
 
     def __post_init__(self) -> None:
         if self.padding not in ("same", "symmetric"):
-            raise ValueError(f"padding must be 'same' or 'symmetric', got {self.padding!r}")
+            raise ConfigError(f"padding must be 'same' or 'symmetric', got {self.padding!r}")
 
 
 class Registry(Generic[F]):
@@ -46,7 +46,7 @@ class Registry(Generic[F]):
     def register(self, name: str, *, ordered: bool = False, arity: int | None = None) -> Callable[[F], F]:
         def deco(factory: F) -> F:
             if name in self._items:
-                raise ValueError(f"{self.kind} {name!r} is already registered")
+                raise ConfigError(f"{self.kind} {name!r} is already registered")
             self._items[name] = factory
             register_name(self.kind, name, ordered=ordered, arity=arity)
             return factory

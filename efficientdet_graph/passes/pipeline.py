@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable
 
 import networkx as nx
 
-from ..errors import PassError, RegistryError, close_match
+from ..errors import ConfigError, PassError, RegistryError, close_match
 from . import core
 
 __all__ = ["PASSES", "PassReport", "register_pass", "get_pass", "run_pass", "run_passes", "parse_pass_arg"]
@@ -39,7 +39,7 @@ class PassReport:
 def register_pass(name: str, fn: PassFn) -> None:
     """Add a pass: ``fn(graph, **args) -> PassResult``, pure (must not mutate ``graph``)."""
     if name in PASSES:
-        raise ValueError(f"pass {name!r} is already registered")
+        raise ConfigError(f"pass {name!r} is already registered")
     PASSES[name] = fn
 
 

@@ -1,5 +1,5 @@
-"""The official EfficientDet counts (TF, with the redundant conv bias before BN), from
-REFERENCE.md. FLOPs are multiply-adds. D7x is published only as ~77.0M / ~410B."""
+"""The official EfficientDet counts (TF, with the redundant conv bias before BN), asserted
+in google/automl's efficientdet/efficientdet_arch_test.py (docs/reference.md). FLOPs are multiply-adds. D7x is published only as ~77.0M / ~410B."""
 
 from __future__ import annotations
 

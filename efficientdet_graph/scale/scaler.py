@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from ..errors import ConfigError
 from ..spec.model_spec import AnchorSpec, BackboneSpec, ModelSpec
 
 __all__ = ["ScaledConfig", "EFFICIENTDET_TABLE", "scale", "family", "resolve"]
@@ -60,14 +61,14 @@ EFFICIENTDET_TABLE: dict[int | str, ScaledConfig] = {
 
 def scale(phi: int | str) -> ScaledConfig:
     """The configuration for compound coefficient ``phi`` (0, 1, ..., or "7x")."""
-    key: int | str = phi
+    key: object = phi
     if isinstance(phi, str):
-        key = phi.lower().removeprefix("d")
+        key = phi.strip().lower().removeprefix("d")
         key = int(key) if key.isdigit() else key
-    if key in EFFICIENTDET_TABLE:
+    if isinstance(key, (int, str)) and not isinstance(key, bool) and key in EFFICIENTDET_TABLE:
         return EFFICIENTDET_TABLE[key]
-    if not isinstance(key, int) or key < 0:
-        raise ValueError(f"phi must be a non-negative integer or '7x', got {phi!r}")
+    if not isinstance(key, int) or isinstance(key, bool) or key < 0:
+        raise ConfigError(f"phi must be a non-negative integer or '7x', got {phi!r}")
     width = int(round(64 * 1.35**key / 8) * 8)
     return _row(key, 512 + 128 * key, min(key, 7), width, 3 + key, 3 + key // 3, "sum" if key >= 6 else "fast_normalized")
 

@@ -3,6 +3,7 @@
 from .data import CocoDetection, DataError, DataReport, collate, resolve_data
 from .evaluate import coco_eval, draw_detections, evaluate, predict_dataset
 from .loop import TrainConfig, TrainingDiverged, train
+from .results import Requirement, parse_requirement, write_results
 from .synthetic import make_synthetic
 from .targets import DetectionLoss, LossConfig, match_anchors
 
@@ -12,6 +13,7 @@ __all__ = [
     "DataReport",
     "DetectionLoss",
     "LossConfig",
+    "Requirement",
     "TrainConfig",
     "TrainingDiverged",
     "coco_eval",
@@ -20,7 +22,9 @@ __all__ = [
     "evaluate",
     "make_synthetic",
     "match_anchors",
+    "parse_requirement",
     "predict_dataset",
     "resolve_data",
     "train",
+    "write_results",
 ]

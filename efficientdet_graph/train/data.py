@@ -19,16 +19,13 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from ..errors import EdgError
+from ..errors import DataError  # defined in errors.py, re-exported here
 
 __all__ = ["DataError", "DataReport", "CocoDetection", "collate", "letterbox", "num_categories", "resolve_data"]
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
-
-class DataError(EdgError):
-    """A data set that cannot be used."""
 
 
 @dataclass

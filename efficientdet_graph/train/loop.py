@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import EdgError
+from ..errors import ConfigError, TrainingDiverged  # TrainingDiverged is re-exported here
 from ..model import EfficientDet, build_model, create_model, save_atomic
 from ..model.checkpoint import FORMAT, read_checkpoint
 from ..graph import build_graph, graph_to_yaml
@@ -26,9 +26,6 @@ from .targets import DetectionLoss
 
 __all__ = ["TrainConfig", "TrainingDiverged", "train"]
 
-
-class TrainingDiverged(EdgError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +62,7 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise EdgError(f"--device {name}: CUDA is not available on this machine")
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
     return torch.device(name)
 
 
@@ -144,7 +141,7 @@ def _train(cfg: TrainConfig) -> dict:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     if cfg.batch_size % world:
-        raise EdgError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
+        raise ConfigError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
     out = Path(cfg.out)
     if main:  # only rank 0 writes the synthetic set; the others wait, then find it
         out.mkdir(parents=True, exist_ok=True)
@@ -183,7 +180,7 @@ def _train(cfg: TrainConfig) -> dict:
 
     if cfg.sync_bn and world > 1:
         if device.type != "cuda":
-            raise EdgError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm only works on GPU modules "
+            raise ConfigError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm only works on GPU modules "
                            "(on CPUs, use a larger per-process batch or --freeze-bn)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
@@ -200,7 +197,7 @@ def _train(cfg: TrainConfig) -> dict:
         lr = cfg.lr or 2e-3
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01 if cfg.weight_decay is None else cfg.weight_decay)
     else:
-        raise EdgError(f"--optimizer must be sgd or adamw, got {cfg.optimizer!r}")
+        raise ConfigError(f"--optimizer must be sgd or adamw, got {cfg.optimizer!r}")
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total_steps, warmup))
     start_epoch, step = 0, 0
@@ -208,7 +205,7 @@ def _train(cfg: TrainConfig) -> dict:
         state = resumed["train_state"]
         was = state.get("config", {}).get("optimizer")
         if was and was != cfg.optimizer:
-            raise EdgError(f"{ckpt_path} was trained with --optimizer {was}; resume with the same optimizer "
+            raise ConfigError(f"{ckpt_path} was trained with --optimizer {was}; resume with the same optimizer "
                            "or start a new run in another --out folder")
         model.load_state_dict(state["model"])
         ema.model.load_state_dict(resumed["state_dict"])
@@ -252,11 +249,12 @@ def _train(cfg: TrainConfig) -> dict:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 cls_out, box_out = net(images)
             with torch.no_grad():
-                _, _, pos = loss_fn.sums([c.detach() for c in cls_out], [b.detach() for b in box_out], targets)
+                hw = tuple(images.shape[-2:])
+                _, _, pos = loss_fn.sums([c.detach() for c in cls_out], [b.detach() for b in box_out], targets, hw)
                 pos_total = pos.clone()
                 if world > 1:
                     dist.all_reduce(pos_total)
-            losses = loss_fn(cls_out, box_out, targets, positives_total=pos_total, world_size=world)
+            losses = loss_fn(cls_out, box_out, targets, positives_total=pos_total, world_size=world, image_size=hw)
             loss = losses["loss"]
             report = torch.stack([loss.detach() / world, losses["cls"].detach() / world, losses["box"].detach() / world])
             if world > 1:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from .._io import atomic_write_text
+from ..errors import ConfigError
 
 __all__ = ["SHAPES", "make_synthetic", "write_split"]
 
@@ -63,7 +64,7 @@ def write_split(out: Path, num_images: int, image_size: int, num_classes: int, s
                 min_objects: int = 1, max_objects: int = 4, min_size: float = 0.12, max_size: float = 0.45) -> Path:
     """Write ``out/images/*.png`` and ``out/annotations.json``; returns the JSON path."""
     if not 1 <= num_classes <= len(SHAPES):
-        raise ValueError(f"num_classes must be 1..{len(SHAPES)}")
+        raise ConfigError(f"num_classes must be 1..{len(SHAPES)}")
     rng = random.Random(seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
     images, annotations = [], []

@@ -50,13 +50,15 @@ class DetectionLoss:
         self.anchors, self.num_classes, self.cfg = anchors, num_classes, cfg or LossConfig()
 
     def sums(self, cls_outputs: list[torch.Tensor], box_outputs: list[torch.Tensor],
-             targets: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Summed class loss, summed box loss (/4 per box), and the number of positives."""
+             targets: list[dict], image_size: tuple[int, int] | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Summed class loss, summed box loss (/4 per box), and the number of positives.
+        ``image_size`` (h, w) places the anchors as ``detect`` does (see ``Anchors.boxes``)."""
         b = cls_outputs[0].shape[0]
         c = self.num_classes
         cls = torch.cat([x.permute(0, 2, 3, 1).reshape(b, -1, c) for x in cls_outputs], 1).float()
         box = torch.cat([x.permute(0, 2, 3, 1).reshape(b, -1, 4) for x in box_outputs], 1).float()
-        anchors = self.anchors.boxes([tuple(x.shape[-2:]) for x in cls_outputs], cls.device)
+        anchors = self.anchors.boxes([tuple(x.shape[-2:]) for x in cls_outputs], cls.device, image_size)
         cls_sum = cls.new_zeros(())
         box_sum = cls.new_zeros(())
         positives = cls.new_zeros(())
@@ -79,11 +81,11 @@ class DetectionLoss:
         return cls_sum, box_sum, positives
 
     def __call__(self, cls_outputs, box_outputs, targets, positives_total: torch.Tensor | None = None,
-                 world_size: int = 1) -> dict[str, torch.Tensor]:
+                 world_size: int = 1, image_size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
         """Losses normalised by the positives of the whole (global) batch; with
         ``world_size`` processes each one's loss is scaled so that DDP's gradient
         average equals the single-process gradient of the global batch."""
-        cls_sum, box_sum, pos = self.sums(cls_outputs, box_outputs, targets)
+        cls_sum, box_sum, pos = self.sums(cls_outputs, box_outputs, targets, image_size)
         total_pos = (positives_total if positives_total is not None else pos).clamp(min=1.0)
         scale = world_size / total_pos
         cls_loss, box_loss = cls_sum * scale, box_sum * scale

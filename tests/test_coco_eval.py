@@ -1,0 +1,48 @@
+"""coco_eval against pycocotools' own definition: the ground truth given back as
+predictions scores AP 1.0; moved, missing or mislabelled boxes score less."""
+
+import json
+
+import pytest
+
+from efficientdet_graph.train import make_synthetic
+from efficientdet_graph.train.evaluate import coco_eval
+
+
+@pytest.fixture(scope="module")
+def gt(tmp_path_factory):
+    out = make_synthetic(tmp_path_factory.mktemp("coco"), num_train=1, num_val=24, image_size=96, num_classes=3)
+    path = out / "val" / "annotations.json"
+    return path, json.loads(path.read_text())
+
+
+def _as_predictions(anns, score=1.0):
+    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": list(a["bbox"]), "score": score}
+            for a in anns]
+
+
+def test_ground_truth_as_predictions_scores_ap_1(gt):
+    path, data = gt
+    assert len(data["annotations"]) >= 24
+    m = coco_eval(path, _as_predictions(data["annotations"]), [im["id"] for im in data["images"]])
+    assert m["map"] == pytest.approx(1.0) and m["map50"] == pytest.approx(1.0) and m["map75"] == pytest.approx(1.0)
+    for size in ("map_small", "map_medium", "map_large"):  # 1.0 where the bucket has objects, 0 where empty
+        assert m[size] == pytest.approx(1.0) or m[size] == 0.0
+
+
+def test_missing_and_moved_boxes_score_less(gt):
+    path, data = gt
+    anns = data["annotations"]
+    half = coco_eval(path, _as_predictions(anns[::2]))
+    assert 0.3 < half["map"] < 0.7
+    moved = [dict(p, bbox=[p["bbox"][0] + p["bbox"][2] * 0.3, p["bbox"][1], p["bbox"][2], p["bbox"][3]])
+             for p in _as_predictions(anns)]  # IoU 0.54: counts at 0.5, not at 0.75
+    m = coco_eval(path, moved)
+    assert m["map50"] == pytest.approx(1.0) and m["map75"] == 0.0
+    wrong = [dict(p, category_id=p["category_id"] % 3 + 1) for p in _as_predictions(anns)]
+    assert coco_eval(path, wrong)["map"] < 0.5
+
+
+def test_no_predictions_score_zero(gt):
+    path, _ = gt
+    assert coco_eval(path, [])["map"] == 0.0
