@@ -350,10 +350,6 @@ class ResultCache:
 # ---------------------------------------------------------------------------- the objective
 
 
-class _Stop(Exception):
-    """A trial that ends without values (rejected, failed, surplus): recorded, not raised further."""
-
-
 class Evaluator:
     """Proxy tasks by image size (a scaling space trains at several), built on first use."""
 
@@ -395,25 +391,29 @@ def _objective(study: optuna.Study, space: SearchSpace, cfg: StudyConfig, evalua
     def values(score: float, flops: int):
         return (score, float(flops)) if multi else score
 
+    # A trial that ends without a result (rejected, failed, surplus) returns NaN: Optuna
+    # records it as FAIL, and its ``edg_status``/``edg_reason`` say why.
+    none = (math.nan, math.nan) if multi else math.nan
+
     def objective(trial: optuna.Trial):
         trial.set_user_attr("edg_worker", stamp)
         if trial.number in slots(study.get_trials(deepcopy=False), cfg.trials).surplus:
             finish(trial, "surplus")
-            raise _Stop("the study already has its trials")
+            return none
         rec = RecordingAsk(optuna_ask(trial))
         try:
             cand = sample(space, rec)
         except EdgError as e:
             finish(trial, "rejected", reason=str(e))
-            raise _Stop(str(e)) from None
+            return none
         if cand.rejected:
             finish(trial, "rejected", reason=cand.reason)
-            raise _Stop(cand.reason)
+            return none
         try:
             cost = candidate_cost(cand, space.spec.cost)
         except EdgError as e:
             finish(trial, "rejected", reason=f"cannot be built: {e}")
-            raise _Stop(str(e)) from None
+            return none
         key = cand.key
         violations = [cost.flops - cfg.max_flops if cfg.max_flops else 0.0,
                       cost.params - cfg.max_params if cfg.max_params else 0.0]
@@ -456,10 +456,10 @@ def _objective(study: optuna.Study, space: SearchSpace, cfg: StudyConfig, evalua
             raise
         except EdgError as e:
             finish(trial, "failed", reason=str(e))
-            raise _Stop(str(e)) from None
+            return none
         except (RuntimeError, ValueError) as e:  # a network that cannot train (e.g. out of memory)
             finish(trial, "failed", reason=f"{type(e).__name__}: {str(e)[:300]}")
-            raise _Stop(str(e)) from None
+            return none
         score = float(getattr(result, metric))
         found = {"metric": score, "map": result.map, "map50": result.map50, "epochs": result.epochs,
                  "seconds": round(result.seconds, 3), "history": list(result.history)}
@@ -545,7 +545,7 @@ def run_worker(cfg: StudyConfig, log: Callable[[str], None] | None = None, poll:
             time.sleep(poll)
             continue
         before = {t.number for t in trials}
-        study.optimize(objective, n_trials=1, catch=(_Stop,), gc_after_trial=False, show_progress_bar=False)
+        study.optimize(objective, n_trials=1, gc_after_trial=False, show_progress_bar=False)
         ran += 1
         mine = [t for t in study.get_trials(deepcopy=False) if t.number not in before
                 and t.user_attrs.get("edg_worker") == worker_stamp()]
