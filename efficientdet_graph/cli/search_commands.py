@@ -67,6 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="proxy-task setting (repeatable), e.g. --proxy epochs=4")
     q.add_argument("--graph", default=None, help="base topology of a scaling space")
     q.add_argument("--cache", default=None, help="share proxy results with other studies through this file")
+    q.add_argument("--proxy-cache", default=None,
+                   help="folder of the proxy's frozen-backbone features (default OUT/proxy-cache; shareable)")
     q.add_argument("--heartbeat", type=_positive("--heartbeat", high=3600), default=10,
                    help="seconds between heartbeats (database storages)")
     q.add_argument("--population", type=_positive("--population", low=2, high=1000), default=12,
@@ -100,6 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--epochs", type=_positive("--epochs", low=0, high=1000), default=None,
                    help="proxy epochs of every run here (default: the study's)")
     q.add_argument("--results", default=None, help="write the comparison (JSON) here; a .md table beside it")
+    q.add_argument("--proxy-cache", default=None, help="folder of the proxy's frozen-backbone features")
     q.set_defaults(handler=cmd_compare)
 
     q = s.add_parser("benchmark", help="samplers against each other at an equal trial budget, several seeds",
@@ -111,6 +114,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--trials", type=_positive("--trials", high=10_000), default=20, help="trials per study")
     q.add_argument("--proxy", action="append", default=[], metavar="KEY=VALUE", help="proxy-task setting")
     q.add_argument("--out", default="runs/search-benchmark", help="folder for the studies and the shared cache")
+    q.add_argument("--proxy-cache", default=None, help="folder of the proxy's frozen-backbone features")
     q.add_argument("--results", default=None, help="write the comparison (JSON) here; a .png beside it")
     q.set_defaults(handler=cmd_benchmark)
 
@@ -212,7 +216,7 @@ def _config(args: argparse.Namespace, space: str | None = None):
         fields.update(space=space, sampler=args.sampler, seed=args.seed, trials=args.trials,
                       objective=args.objective, max_flops=args.max_flops, max_params=args.max_params,
                       pruner=args.pruner, seed_points=not args.no_seed_points, proxy=_proxy_pairs(args.proxy),
-                      graph=args.graph, cache=args.cache, heartbeat=args.heartbeat, population=args.population,
+                      graph=args.graph, cache=args.cache, proxy_cache=args.proxy_cache, heartbeat=args.heartbeat, population=args.population,
                       quiet=args.quiet)
     return fields
 
@@ -308,6 +312,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not 0 < args.tolerance < 1:
         raise _BadArgs(f"--tolerance {args.tolerance}: allowed between 0 and 1")
     study, cfg = _existing(args)
+    if args.proxy_cache:
+        from dataclasses import replace
+
+        cfg = replace(cfg, proxy_cache=args.proxy_cache)
     result = compare_study(study, cfg, top=args.top, seeds=args.seeds, baselines=args.baselines,
                            tolerance=args.tolerance, epochs=args.epochs,
                            say=lambda text: print(text, file=sys.stderr, flush=True))
@@ -328,7 +336,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from ..search.compare import benchmark_samplers, plot_benchmark, write_results
 
     result = benchmark_samplers(args.space, args.samplers, args.seeds, args.trials, Path(args.out),
-                                _proxy_pairs(args.proxy), say=lambda text: print(text, file=sys.stderr, flush=True))
+                                _proxy_pairs(args.proxy), say=lambda text: print(text, file=sys.stderr, flush=True),
+                                proxy_cache=args.proxy_cache)
     print(f"{'sampler':<10} {'best (mean, min-max)':<28} {'hypervolume (mean, min-max)':<30}")
     for name, r in result["by_sampler"].items():
         b, h = r["best"], r["hypervolume"]

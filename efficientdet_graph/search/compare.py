@@ -114,7 +114,7 @@ def compare_study(study: optuna.Study, cfg: StudyConfig, *, top: int = 3, seeds:
         from .proxy import ProxyTask
 
         if pc.image_size not in evaluator.tasks:
-            evaluator.tasks[pc.image_size] = ProxyTask(pc, cfg.run_dir / "proxy-cache")
+            evaluator.tasks[pc.image_size] = ProxyTask(pc, cfg.proxy_cache_dir)
         task = evaluator.tasks[pc.image_size]
         return task.evaluate(cand.stacked(), channels=pc.channels, seed=pc.seed if seed is None else seed,
                              epochs=epochs)
@@ -197,7 +197,7 @@ def compare_table(result: dict) -> str:
 
 
 def benchmark_samplers(space: str, samplers: Sequence[str], seeds: Sequence[int], trials: int, out: Path,
-                       proxy: tuple = (), say: Callable[[str], None] = print) -> dict:
+                       proxy: tuple = (), say: Callable[[str], None] = print, proxy_cache: str | None = None) -> dict:
     """Each sampler with each seed, ``trials`` trials, one shared results cache (a network
     is trained once, whichever study meets it first); best metric, hypervolume and
     best-so-far curves."""
@@ -207,7 +207,8 @@ def benchmark_samplers(space: str, samplers: Sequence[str], seeds: Sequence[int]
     for sampler in samplers:
         for seed in seeds:
             cfg = StudyConfig(space=space, out=str(out), study=f"{sampler}-s{seed}", sampler=sampler, seed=seed,
-                              trials=trials, proxy=tuple(proxy), cache=str(cache), seed_points=False, quiet=True)
+                              trials=trials, proxy=tuple(proxy), cache=str(cache), seed_points=False, quiet=True,
+                              proxy_cache=proxy_cache)
             say(f"{sampler}, seed {seed}: {trials} trials ...")
             result = run_worker(cfg)
             study = optuna.load_study(study_name=cfg.study_name, storage=_storage(out))

@@ -67,6 +67,7 @@ class StudyConfig:
     proxy: tuple[tuple[str, Any], ...] = ()
     graph: str | None = None
     cache: str | None = None
+    proxy_cache: str | None = None  # frozen-backbone features (default OUT/proxy-cache); shareable
     heartbeat: int = 10
     population: int = 12
     quiet: bool = False
@@ -78,6 +79,10 @@ class StudyConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.out)
+
+    @property
+    def proxy_cache_dir(self) -> Path:
+        return Path(self.proxy_cache) if self.proxy_cache else self.run_dir / "proxy-cache"
 
 
 # ---------------------------------------------------------------------------- sampling
@@ -136,7 +141,8 @@ def _pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
 
 
 def _space_fingerprint(space: SearchSpace, cfg: StudyConfig) -> str:
-    text = json.dumps({"space": space.spec.model_dump(mode="json"), "graph": cfg.graph, "proxy": list(cfg.proxy),
+    text = json.dumps({"space": space.spec.model_dump(mode="json"), "graph": cfg.graph,
+                       "proxy": sorted(map(list, cfg.proxy)),
                        "objective": cfg.objective, "max_flops": cfg.max_flops, "max_params": cfg.max_params},
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -172,7 +178,7 @@ def open_study(cfg: StudyConfig) -> tuple[optuna.Study, SearchSpace]:
     if "edg_fingerprint" not in attrs:
         study.set_user_attr("edg_fingerprint", fp)
         study.set_user_attr("edg_space", space.name)
-        study.set_user_attr("edg_config", {k: v for k, v in asdict(cfg).items() if k not in ("quiet",)})
+        study.set_user_attr("edg_config", {k: v for k, v in asdict(cfg).items() if k not in ("quiet", "proxy_cache")})
         study.set_user_attr("edg_space_yaml", space.text[:200_000])
     elif attrs["edg_fingerprint"] != fp:
         was = attrs.get("edg_config", {})
@@ -372,7 +378,7 @@ class Evaluator:
 
         cfg = self.config_for(cand)
         if cfg.image_size not in self.tasks:
-            self.tasks[cfg.image_size] = ProxyTask(cfg, self.cfg.run_dir / "proxy-cache")
+            self.tasks[cfg.image_size] = ProxyTask(cfg, self.cfg.proxy_cache_dir)
         return self.tasks[cfg.image_size].evaluate(cand.stacked(), channels=cfg.channels, seed=self.base.seed,
                                                    report=report)
 
