@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test install install-test clean proof ablation bench
+.PHONY: demo test install install-test clean proof ablation bench search search-benchmark
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +41,20 @@ ablation: install
 bench: install-test
 	$(BIN)/python benchmarks/bench_effdet.py --model d0 --device cpu --threads 2 --batch 1 --reps 15 --compile \
 		--out benchmarks/results-cpu-d0.json
+
+# Architecture search on the CPU: a complete study of the BiFPN edge space on the proxy
+# task, its front as YAML and plots, then the found graphs against FPN / PANet / BiFPN at
+# matched FLOPs, re-trained with 3 seeds (the table of search/README.md).
+search: install
+	$(BIN)/edg search run bifpn_edges --trials 40 --sampler evolution --population 10 --seed 0 \
+		--out runs/search --proxy-cache runs/proxy-cache
+	$(BIN)/edg search best --out runs/search --top 3 -o runs/search/best
+	$(BIN)/edg search plot --out runs/search
+	$(BIN)/edg search compare --out runs/search --proxy-cache runs/proxy-cache --top 3 --seeds 1 2 3 \
+		--results search/results/search-bifpn_edges.json
+
+# Random search, TPE and regularized evolution at an equal budget, 3 seeds each.
+search-benchmark: install
+	$(BIN)/edg search benchmark bifpn_edges --samplers random tpe evolution --seeds 0 1 2 --trials 20 \
+		--proxy epochs=2 --out runs/search-benchmark --proxy-cache runs/proxy-cache \
+		--results search/results/samplers-bifpn_edges.json

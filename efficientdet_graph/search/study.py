@@ -416,7 +416,9 @@ def _objective(study: optuna.Study, space: SearchSpace, cfg: StudyConfig, evalua
             finish(trial, "rejected", reason=cand.reason)
             return none
         try:
+            t0 = time.perf_counter()
             cost = candidate_cost(cand, space.spec.cost)
+            trial.set_user_attr("edg_cost_ms", round(1000 * (time.perf_counter() - t0), 3))
         except EdgError as e:
             finish(trial, "rejected", reason=f"cannot be built: {e}")
             return none
@@ -569,6 +571,14 @@ def summary(study: optuna.Study, cfg: StudyConfig) -> dict:
     counts["requeued"] = sum(1 for t in trials if retry_of(t) is not None)
     best = best_trials(trials, cfg.objective, 1)
     out = {"study": cfg.study_name, "budget": cfg.trials, "finished": s.finished, "counts": counts}
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    if starts and ends:
+        out["wall_seconds"] = round((max(ends) - min(starts)).total_seconds(), 1)
+    for key, name in (("edg_seconds", "proxy_seconds"), ("edg_cost_ms", "cost_ms")):
+        values = sorted(float(t.user_attrs[key]) for t in trials if key in t.user_attrs)
+        if values:
+            out[f"{name}_median"] = values[len(values) // 2]
     if best:
         b = best[0]
         out["best"] = {"trial": b.number, "metric": b.user_attrs["edg_metric"], "flops": b.user_attrs["edg_flops"]}
