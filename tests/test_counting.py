@@ -245,3 +245,20 @@ def test_cli_profile_beside_fvcore(edg):
     data = json.loads(out)
     assert code == 0 and data["flops"] == data["fvcore_flops"] and set(data["nodes"]) == {
         "P6_td", "P5_td", "P4_td", "P3_out", "P4_out", "P5_out", "P6_out", "P7_out"}
+
+
+def test_cli_profile_latency_runs(edg):
+    """Runs, eager and compiled; speed is not asserted. The ``eager`` compile backend
+    (dynamo without inductor) keeps the test short; inductor is the default."""
+    code, out, _ = edg("profile", "micro", "--latency", "--reps", "2", "--warmup", "1",
+                       "--backend", "eager", "--device", "cpu", "--json")
+    rows = json.loads(out)["latency"]
+    assert code == 0 and [(r["mode"], r["batch"]) for r in rows] == [("eager", 1), ("compiled (eager)", 1)]
+    assert all(r["latency_ms"] > 0 and r["images_per_s"] > 0 and r["reps"] == 2 for r in rows)
+    assert "first_call_ms" in rows[1] and "first_call_ms" not in rows[0]
+    code, out, _ = edg("profile", "micro", "--latency", "--no-compile", "--batch", "1", "3", "--reps", "1",
+                       "--device", "cpu")
+    assert code == 0 and "images/s" in out and "compiled" not in out
+    assert [line.split()[2] for line in out.splitlines() if line.startswith("eager")] == ["1", "3"]
+    code, _, err = edg("profile", "micro", "--latency", "--reps", "0")
+    assert code == 2 and "--reps" in err

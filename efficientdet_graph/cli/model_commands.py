@@ -24,6 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--json", action="store_true")
     p.add_argument("--fvcore", action="store_true", help="also count with fvcore, the reference (builds and runs the model for real)")
+    p.add_argument("--latency", action="store_true",
+                   help="also measure eager and torch.compile latency and throughput on this machine")
+    p.add_argument("--batch", type=int, nargs="+", default=[1], metavar="N", help="batch sizes for --latency")
+    p.add_argument("--reps", type=int, default=10, help="timed runs per row for --latency (medians)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs first for --latency")
+    p.add_argument("--no-compile", action="store_true", help="--latency: eager only")
+    p.add_argument("--backend", default="inductor", help="--latency: torch.compile backend")
+    p.add_argument("--device", default=None, help="--latency: cpu, cuda, ... (default: cuda if available)")
     p.set_defaults(handler=cmd_profile)
 
     p = sub.add_parser("convert", help="load an effdet checkpoint into our model and save it",
@@ -102,7 +110,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     is_ckpt = Path(args.model).suffix in (".pt", ".pth", ".ckpt")
     # by name the profile is counted from the spec without building the model; a
     # checkpoint (maybe pruned) is counted by running it, fvcore needs real weights
-    model = _load(args.model).eval() if (is_ckpt or args.fvcore) else None
+    model = _load(args.model).eval() if (is_ckpt or args.fvcore or args.latency) else None
     p = profile_model(model if is_ckpt else args.model, args.image_size)
     data = p.as_dict()
     if args.fvcore:
@@ -110,6 +118,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
         total, _ = fvcore_flops(model, (torch.zeros(1, 3, p.image_size, p.image_size),))
         data["fvcore_flops"] = total
+    if args.latency:
+        from ..profile import measure_latency
+
+        if args.reps < 1 or args.warmup < 0 or min(args.batch) < 1:
+            raise EdgError("--latency needs --reps >= 1, --warmup >= 0 and batch sizes >= 1")
+        data["latency"] = measure_latency(model, p.image_size, args.batch, args.reps, args.warmup,
+                                          not args.no_compile, args.backend, args.device)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
@@ -117,6 +132,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     print(f"({FLOPS_NOTE})")
     if args.fvcore:
         print(f"fvcore: {data['fvcore_flops']:,} FLOPs ({100 * (p.flops - data['fvcore_flops']) / data['fvcore_flops']:+.3f}%)")
+    if args.latency:
+        print(f"\n{'mode':<22} {'device':<8} {'batch':>5} {'latency ms':>11} {'images/s':>10} {'first call ms':>14}")
+        for r in data["latency"]:
+            first = f"{r['first_call_ms']:>14,.0f}" if "first_call_ms" in r else f"{'':>14}"
+            print(f"{r['mode']:<22} {r['device']:<8} {r['batch']:>5} {r['latency_ms']:>11.2f} {r['images_per_s']:>10.1f} {first}")
+        print(f"(medians of {args.reps} runs after {args.warmup} warm-up runs; first call = compilation)")
     print(f"\n{'component':<12} {'params':>12} {'FLOPs':>17}")
     for name, c in p.components.items():
         print(f"{name:<12} {c['params']:>12,} {c['flops']:>17,}")

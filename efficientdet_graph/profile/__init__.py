@@ -2,6 +2,7 @@
 
 from .analytic import Cost, backbone_cost, graph_cost, model_cost
 from .counter import FlopCounts, count_flops, count_params, fvcore_flops
+from .latency import measure_latency
 from .official import OFFICIAL
 from .report import COMPONENTS, FLOPS_NOTE, Profile, family_rows, profile_model, redundant_biases
 
@@ -18,6 +19,7 @@ __all__ = [
     "family_rows",
     "fvcore_flops",
     "graph_cost",
+    "measure_latency",
     "model_cost",
     "profile_model",
     "redundant_biases",
