@@ -599,7 +599,9 @@ def run(cfg: StudyConfig, workers: int = 1, log: Callable[[str], None] | None = 
         raise SearchError(f"--workers {workers}: allowed 1..64")
     open_study(cfg)  # create it (and enqueue the seeds) once, before the workers race
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker_entry, args=(cfg,), daemon=False) for _ in range(workers - 1)]
+    # each extra worker draws from its own seed, or they would all propose the same points
+    procs = [ctx.Process(target=_worker_entry, args=(replace(cfg, seed=cfg.seed + 7919 * (i + 1)),), daemon=False)
+             for i in range(workers - 1)]
     for p in procs:
         p.start()
     try:
