@@ -27,7 +27,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import SearchError
 
-__all__ = ["open_storage", "is_journal", "worker_stamp", "requeue_stale", "retry_of", "STALE_UNSTAMPED_S"]
+__all__ = ["open_storage", "is_journal", "worker_stamp", "fail_dead_workers", "retry_of", "locked",
+           "STALE_UNSTAMPED_S"]
 
 # A RUNNING trial that never got its worker stamp (killed within milliseconds of being
 # created) is taken as stale after this long.
@@ -115,7 +116,7 @@ def retry_of(trial: FrozenTrial) -> int | None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -125,24 +126,22 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def requeue_stale(study: optuna.Study, lock_path: Path) -> list[int]:
-    """Journal storage: fail the RUNNING trials whose worker process is gone and enqueue
-    their parameters again. Returns the numbers of the trials requeued."""
+def fail_dead_workers(study: optuna.Study) -> list[int]:
+    """Journal storage: mark FAIL (``edg_status`` "stale") the RUNNING trials whose worker
+    process is gone. Returns their numbers; the caller requeues them."""
     if not is_journal(study._storage):
         return []
     now = _dt.datetime.now()
-    requeued = []
-    with _locked(lock_path):
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            stamp = t.user_attrs.get("edg_worker")
-            if stamp is None:
-                started = t.datetime_start or now
-                if (now - started).total_seconds() < STALE_UNSTAMPED_S:
-                    continue
-            elif _alive(stamp):
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        stamp = t.user_attrs.get("edg_worker")
+        if stamp is None:
+            started = t.datetime_start or now
+            if (now - started).total_seconds() < STALE_UNSTAMPED_S:
                 continue
-            study._storage.set_trial_user_attr(t._trial_id, "edg_status", "stale")
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            study.enqueue_trial(dict(t.params), user_attrs={"edg_retry_of": t.number})
-            requeued.append(t.number)
-    return requeued
+        elif _alive(stamp):
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, "edg_status", "stale")
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        failed.append(t.number)
+    return failed

@@ -38,10 +38,10 @@ from .evolution import RegularizedEvolutionSampler
 from .mapping import Candidate, point_values, sample
 from .params import Choice, Distribution, FloatRange, IntRange, RecordingAsk
 from .space import SearchSpace, load_space
-from .storage import open_storage, requeue_stale, retry_of, worker_stamp
+from .storage import fail_dead_workers, locked, open_storage, retry_of, worker_stamp
 
 __all__ = ["SAMPLERS", "StudyConfig", "open_study", "run_worker", "run", "trial_status", "slots", "optuna_ask",
-           "make_sampler", "ResultCache"]
+           "make_sampler", "ResultCache", "requeue_lost", "best_trials", "summary"]
 
 SAMPLERS = ("random", "tpe", "nsga2", "evolution")
 PRUNERS = ("hyperband", "halving", "median", "none")
@@ -481,6 +481,22 @@ def _objective(study: optuna.Study, space: SearchSpace, cfg: StudyConfig, evalua
 # ---------------------------------------------------------------------------- workers
 
 
+def requeue_lost(study: optuna.Study, cfg: StudyConfig) -> list[int]:
+    """Give every slot whose latest attempt died (its worker was killed or interrupted)
+    a new attempt with the same parameters. Returns the numbers of the trials requeued."""
+    requeued = []
+    with locked(cfg.run_dir / ".study.lock"):
+        fail_dead_workers(study)
+        trials = study.get_trials(deepcopy=False)
+        retried = {retry_of(t) for t in trials}
+        s = slots(trials, cfg.trials)
+        for t in s.latest.values():
+            if t.state == TrialState.FAIL and trial_status(t) == "stale" and t.number not in retried:
+                study.enqueue_trial(dict(t.params), user_attrs={"edg_retry_of": t.number})
+                requeued.append(t.number)
+    return requeued
+
+
 def _line(study: optuna.Study, cfg: StudyConfig, last: FrozenTrial | None, started: float) -> str:
     trials = study.get_trials(deepcopy=False)
     s = slots(trials, cfg.trials)
@@ -534,12 +550,11 @@ def run_worker(cfg: StudyConfig, log: Callable[[str], None] | None = None, poll:
     evaluator = Evaluator(space, cfg)
     cache = ResultCache(cfg.cache)
     objective = _objective(study, space, cfg, evaluator, cache)
-    lock = cfg.run_dir / ".study.lock"
     started = time.perf_counter()
     ran = 0
     while True:
-        for n in requeue_stale(study, lock):
-            say(f"trial {n} was left running by a worker that is gone: requeued")
+        for n in requeue_lost(study, cfg):
+            say(f"trial {n} was lost with its worker (killed or interrupted): requeued")
         trials = study.get_trials(deepcopy=False)
         s = slots(trials, cfg.trials)
         if s.finished >= cfg.trials:
