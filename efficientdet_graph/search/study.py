@@ -583,7 +583,10 @@ def run(cfg: StudyConfig, workers: int = 1, log: Callable[[str], None] | None = 
         raise SearchError(f"--workers {workers}: allowed 1..64")
     open_study(cfg)  # create it (and enqueue the seeds) once, before the workers race
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker_entry, args=(cfg,), daemon=False) for _ in range(workers - 1)]
+    # each local worker its own sampler seed: with one seed they would draw the same points
+    # in lockstep and train every network twice
+    procs = [ctx.Process(target=_worker_entry, args=(replace(cfg, seed=cfg.seed + i),), daemon=False)
+             for i in range(1, workers)]
     for p in procs:
         p.start()
     try:
