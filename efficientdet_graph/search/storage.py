@@ -47,6 +47,7 @@ def open_storage(url: str | None, run_dir: Path, heartbeat: int = 10) -> optuna.
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    url = _with_driver(url)
     try:
         return optuna.storages.RDBStorage(
             url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
@@ -59,6 +60,18 @@ def open_storage(url: str | None, run_dir: Path, heartbeat: int = 10) -> optuna.
     except Exception as e:  # SQLAlchemy's errors: a wrong URL, a server that is down
         raise SearchError(f"storage {_redacted(url)}: cannot open ({type(e).__name__}: {str(e).splitlines()[0]})") \
             from None
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` names no driver, and SQLAlchemy 2.1 takes that to mean psycopg 3;
+    use psycopg2 (the driver this project lists) when psycopg 3 is not installed."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.partition("://")[2]
+    return url
 
 
 def _redacted(url: str) -> str:
