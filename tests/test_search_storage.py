@@ -209,7 +209,7 @@ def test_two_workers_on_a_postgresql_server(proxy_cache, tmp_path, postgres):
                 p.kill()
                 p.wait()
     assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
-    storage = optuna.storages.RDBStorage(postgres)
+    storage = optuna.storages.RDBStorage(postgres.replace("postgresql://", "postgresql+psycopg2://"))
     trials = _trials(storage)
     _check_study(trials, 6)
     workers = Counter(t.user_attrs["edg_worker"] for t in trials)

@@ -17,6 +17,7 @@ import datetime as _dt
 import fcntl
 import os
 import socket
+import time
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -48,12 +49,23 @@ def open_storage(url: str | None, run_dir: Path, heartbeat: int = 10) -> optuna.
 
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     url = _with_driver(url)
+    for attempt in range(4):
+        try:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                failed_trial_callback=RetryFailedTrialCallback(max_retry=3),
+                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+            )
+        except Exception as e:
+            # workers started together on an empty database race to create Optuna's
+            # tables; the loser sees a duplicate-key error and finds them on a retry
+            if attempt < 3 and type(e).__name__ in ("IntegrityError", "ProgrammingError"):
+                time.sleep(0.5 + attempt)
+                continue
+            error = e
+            break
     try:
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=3),
-            engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-        )
+        raise error
     except ImportError as e:
         raise SearchError(f"storage {_redacted(url)}: a database driver is missing ({e}); "
                           "for PostgreSQL: pip install psycopg2-binary") from None
