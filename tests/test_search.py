@@ -354,3 +354,11 @@ def test_hypervolume_agrees_with_optunas():
         pts = [(rng.random(), rng.uniform(0, 10)) for _ in range(rng.randint(1, 8))]
         theirs = compute_hypervolume(np.array([(-m, c) for m, c in pts]), np.array([0.0, 10.0]))
         assert hypervolume(pts, (0.0, 10.0)) == pytest.approx(theirs)
+
+
+def test_storage_urls_in_messages_hide_only_a_password():
+    from efficientdet_graph.search.storage import _redacted
+
+    assert _redacted("postgresql://ann:s3cret@db:5432/x") == "postgresql://ann:***@db:5432/x"
+    assert _redacted("postgresql://ann@db/x") == "postgresql://ann@db/x"
+    assert "s3cret" not in _redacted("postgresql+psycopg2://ann:s3cret@db/x")

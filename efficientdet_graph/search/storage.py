@@ -91,8 +91,8 @@ def _redacted(url: str) -> str:
     head, sep, tail = url.partition("://")
     if "@" in tail:
         creds, _, host = tail.rpartition("@")
-        user = creds.split(":", 1)[0]
-        return f"{head}{sep}{user}:***@{host}"
+        user, colon, _ = creds.partition(":")
+        return f"{head}{sep}{user}{':***' if colon else ''}@{host}"
     return url
 
 
