@@ -17,6 +17,7 @@ import datetime as _dt
 import fcntl
 import os
 import socket
+import time
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -48,12 +49,24 @@ def open_storage(url: str | None, run_dir: Path, heartbeat: int = 10) -> optuna.
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    url = _with_driver(url)
+    for attempt in range(4):
+        try:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                failed_trial_callback=RetryFailedTrialCallback(max_retry=3),
+                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+            )
+        except Exception as e:
+            # workers started together on an empty database race to create Optuna's
+            # tables; the loser sees a duplicate-key error and finds them on a retry
+            if attempt < 3 and type(e).__name__ in ("IntegrityError", "ProgrammingError"):
+                time.sleep(0.5 + attempt)
+                continue
+            error = e
+            break
     try:
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=3),
-            engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-        )
+        raise error
     except ImportError as e:
         raise SearchError(f"storage {_redacted(url)}: a database driver is missing ({e}); "
                           "for PostgreSQL: pip install psycopg2-binary") from None
@@ -62,13 +75,25 @@ def open_storage(url: str | None, run_dir: Path, heartbeat: int = 10) -> optuna.
             from None
 
 
+def _with_driver(url: str) -> str:
+    """``postgresql://`` names no driver, and SQLAlchemy 2.1 takes that to mean psycopg 3;
+    use psycopg2 (the driver this project lists) when psycopg 3 is not installed."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.partition("://")[2]
+    return url
+
+
 def _redacted(url: str) -> str:
     """The URL without its password."""
     head, sep, tail = url.partition("://")
     if "@" in tail:
         creds, _, host = tail.rpartition("@")
-        user = creds.split(":", 1)[0]
-        return f"{head}{sep}{user}:***@{host}"
+        user, colon, _ = creds.partition(":")
+        return f"{head}{sep}{user}{':***' if colon else ''}@{host}"
     return url
 
 

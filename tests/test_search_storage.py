@@ -1,0 +1,217 @@
+"""Search studies across processes: a worker killed mid-trial (SIGKILL) and restarted,
+two workers on one journal file, two workers on a real PostgreSQL server this module
+starts itself (``initdb``/``pg_ctl`` on a temporary directory, a free loopback port).
+
+Workers are the installed ``edg`` console script run as subprocesses, on the cheap proxy
+of ``test_search.py`` (its feature cache built once here and copied into each run folder).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from efficientdet_graph.search.study import FINISHED, slots, trial_status
+
+ROOT = Path(__file__).resolve().parents[1]
+EDG = Path(sys.executable).parent / "edg"
+PROXY = {"image_size": 64, "train_images": 32, "val_images": 16, "epochs": 0, "pretrain_epochs": 0,
+         "batch_size": 16, "channels": 8}
+
+
+def _env() -> dict:
+    # this checkout's code, and one intra-op thread per worker (two workers on two cores)
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _command(out: Path, trials: int, epochs: int, extra: tuple = ()) -> list[str]:
+    proxy = [a for k, v in {**PROXY, "epochs": epochs}.items() for a in ("--proxy", f"{k}={v}")]
+    return [str(EDG), "search", "run", "bifpn_edges", "--trials", str(trials), "--out", str(out), "--sampler",
+            "random", "--no-seed-points", "--quiet", *proxy, *(extra if "--seed" in extra else ("--seed", "1", *extra))]
+
+
+def _run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+@pytest.fixture(scope="module")
+def proxy_cache(tmp_path_factory) -> Path:
+    from efficientdet_graph.search.proxy import ProxyConfig, ProxyTask
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cache = tmp_path_factory.mktemp("proxy") / "proxy-cache"
+        ProxyTask(ProxyConfig(**PROXY), cache)  # epochs do not name the cache: one build serves all tests
+    finally:
+        torch.set_num_threads(before)
+    return cache
+
+
+def _run_dir(proxy_cache: Path, out: Path) -> Path:
+    shutil.copytree(proxy_cache, out / "proxy-cache")
+    return out
+
+
+def _journal(out: Path) -> optuna.storages.JournalStorage:
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(out / "study.journal")))
+
+
+def _trials(storage) -> list:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna.load_study(study_name="bifpn_edges", storage=storage).get_trials()
+
+
+def _check_study(trials: list, budget: int) -> None:
+    """Every slot finished once; nothing left running or waiting; no network trained twice."""
+    assert slots(trials, budget).finished == budget
+    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    done = [t.user_attrs["edg_key"] for t in trials if t.state == TrialState.COMPLETE and trial_status(t) == "done"]
+    assert len(done) == len(set(done)), f"a network was trained twice: {Counter(done).most_common(2)}"
+    assert all(trial_status(t) in FINISHED | {"stale", "surplus"} for t in trials)
+
+
+# ---------------------------------------------------------------------------- journal
+
+
+def test_killed_worker_trial_is_requeued_and_the_study_finishes(proxy_cache, tmp_path):
+    out = _run_dir(proxy_cache, tmp_path / "run")
+    cmd = _command(out, trials=2, epochs=25)  # long trials: time to kill one mid-way
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    killed = None
+    try:
+        deadline = time.monotonic() + 300
+        while killed is None and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            if not (out / "study.journal").is_file():
+                continue
+            try:
+                running = [t for t in _trials(_journal(out)) if t.state == TrialState.RUNNING
+                           and "edg_key" in t.user_attrs]  # stamped and sampled: it is training
+            except KeyError:  # the study is not created yet
+                continue
+            if running:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed = running[0].number
+    finally:
+        if proc.poll() is None and killed is None:
+            proc.kill()
+        proc.wait(timeout=60)  # reaped: a zombie's pid would still look alive
+    assert killed is not None, f"no trial was seen running; worker output:\n{proc.stdout.read()}"
+    trials = _trials(_journal(out))
+    assert trials[killed].state == TrialState.RUNNING  # the dead worker left it so
+
+    _run(cmd)
+    trials = _trials(_journal(out))
+    dead = trials[killed]
+    assert dead.state == TrialState.FAIL and dead.user_attrs["edg_status"] == "stale"
+    retries = [t for t in trials if t.user_attrs.get("edg_retry_of") == killed]
+    assert len(retries) == 1
+    retry = retries[0]
+    assert retry.number > killed and retry.state == TrialState.COMPLETE and trial_status(retry) == "done"
+    assert retry.params == dead.params
+    assert retry.user_attrs["edg_worker"] != dead.user_attrs["edg_worker"]
+    _check_study(trials, 2)
+
+
+def test_two_workers_share_one_journal_file(proxy_cache, tmp_path):
+    out = _run_dir(proxy_cache, tmp_path / "run")
+    _run(_command(out, trials=6, epochs=6, extra=("--workers", "2")))
+    trials = _trials(_journal(out))
+    _check_study(trials, 6)
+    workers = Counter(t.user_attrs["edg_worker"] for t in trials)
+    assert len(workers) == 2, f"trials by worker: {dict(workers)}"
+    pids = {w.split(":")[1] for w in workers}
+    assert len(pids) == 2
+
+
+# ---------------------------------------------------------------------------- PostgreSQL
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A PostgreSQL server on a temporary directory and a free loopback port; always stopped."""
+    tools = {name: shutil.which(name) for name in ("initdb", "pg_ctl", "createdb")}
+    if not all(tools.values()):
+        missing = ", ".join(n for n, p in tools.items() if not p)
+        message = f"PostgreSQL server tools not found on PATH ({missing}): the PostgreSQL worker test cannot run"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    as_user: list[str] = []
+    base = Path(tempfile.mkdtemp(prefix="edg-pg-", dir="/tmp"))
+    if os.geteuid() == 0:  # initdb refuses root: run the server as the postgres user
+        import pwd
+
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.fail("running as root and there is no 'postgres' user to run the PostgreSQL server as")
+        os.chown(base, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = base / "data", _free_port()
+
+    def sh(*args: str) -> None:
+        done = subprocess.run([*as_user, *args], capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, f"{' '.join(args)}:\n{done.stdout}{done.stderr}"
+
+    sh(tools["initdb"], "-D", str(data), "-U", "postgres", "--auth=trust")
+    started = False
+    try:
+        sh(tools["pg_ctl"], "-D", str(data), "-l", str(base / "log"), "-w", "-t", "120",
+           "-o", f"-k {base} -p {port} -c listen_addresses=127.0.0.1", "start")
+        started = True
+        sh(tools["createdb"], "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "edg")
+        yield f"postgresql://postgres@127.0.0.1:{port}/edg"
+    finally:
+        if started or (data / "postmaster.pid").exists():
+            subprocess.run([*as_user, tools["pg_ctl"], "-D", str(data), "-m", "immediate", "-w", "stop"],
+                           capture_output=True, timeout=120)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_two_workers_on_a_postgresql_server(proxy_cache, tmp_path, postgres):
+    out = _run_dir(proxy_cache, tmp_path / "run")
+    # distinct seeds: two workers with one seed draw the same points in lockstep (see the report)
+    cmds = [_command(out, trials=6, epochs=6, extra=("--storage", postgres, "--seed", str(seed))) for seed in (1, 2)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+             for cmd in cmds]
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=600)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
+    storage = optuna.storages.RDBStorage(postgres.replace("postgresql://", "postgresql+psycopg2://"))
+    trials = _trials(storage)
+    _check_study(trials, 6)
+    workers = Counter(t.user_attrs["edg_worker"] for t in trials)
+    assert len(workers) == 2, f"trials by worker: {dict(workers)}"
+    assert not (out / "study.journal").exists()  # the study lives in the database
