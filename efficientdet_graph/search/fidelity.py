@@ -130,6 +130,11 @@ def _machine() -> dict:
             "load_average": list(os.getloadavg())}
 
 
+def _partial(out: str, rows: list[dict]) -> None:
+    """Rows finished so far, beside ``out``: a long run cut short still leaves its data."""
+    atomic_write_text(Path(out).with_suffix(".partial.json"), json.dumps({"partial": True, "rows": rows}, indent=2))
+
+
 def timing_main(argv: Sequence[str]) -> int:
     """``--timing``: seconds per proxy trial (wall and CPU, one thread), and the
     backbone choice (pre-trained vs random-init frozen backbone) on a BiFPN."""
@@ -161,7 +166,8 @@ def timing_main(argv: Sequence[str]) -> int:
         print(rows[-1], flush=True)
     random_task = ProxyTask(replace(cfg, pretrain_epochs=0), args.cache)
     choice = {"pretrain_epochs": cfg.pretrain_epochs,
-              "bifpn_map50_pretrained_backbone": task.evaluate(architecture("bifpn")).map50,
+              "bifpn_map50_pretrained_backbone": next((r["map50"][0] for r in rows if r["graph"] == "bifpn"), None)
+              or task.evaluate(architecture("bifpn")).map50,
               "bifpn_map50_random_backbone": random_task.evaluate(architecture("bifpn")).map50,
               "cache_build_seconds_pretrained": round(task.build_seconds, 1),
               "cache_build_seconds_random": round(random_task.build_seconds, 1)}
@@ -209,9 +215,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         import multiprocessing
 
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            rows = pool.map(_run, jobs, chunksize=1)
+            rows = []
+            for row in pool.imap(_run, jobs, chunksize=1):
+                rows.append(row)
+                _partial(args.out, rows)
     else:
-        rows = [_run(job) for job in jobs]
+        rows = []
+        for job in jobs:
+            rows.append(_run(job))
+            _partial(args.out, rows)
     tau = kendall_tau_b([r["proxy_map50"] for r in rows], [r["long_map50"] for r in rows])
     tau_map = kendall_tau_b([r["proxy_map"] for r in rows], [r["long_map"] for r in rows])
     passed = not math.isnan(tau) and tau >= args.threshold
