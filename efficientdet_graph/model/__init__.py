@@ -18,6 +18,7 @@ __all__ = [
 
 from .checkpoint import CheckpointError, load_model, save_atomic, save_model  # noqa: E402
 from .convert import convert_effdet, effdet_state_dict, load_effdet_checkpoint  # noqa: E402
+from .necks import BackboneWithNeck, GraphNeck, neck  # noqa: E402
 
 __all__ += ["CheckpointError", "convert_effdet", "effdet_state_dict", "load_effdet_checkpoint", "load_model",
-            "save_atomic", "save_model"]
+            "save_atomic", "save_model", "BackboneWithNeck", "GraphNeck", "neck"]
