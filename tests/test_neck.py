@@ -12,6 +12,7 @@ import torch
 import torchvision
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
@@ -122,6 +123,10 @@ def test_faster_rcnn_trains_with_our_neck(shapes):
     """Faster R-CNN's RPN reads every level, its RoI pooling the input keys ('0'..'3')."""
     torch.manual_seed(0)
     backbone = _backbone(edg.build_graph(edg.generate("bifpn", 2, 6)), C2_C5)
-    model = FasterRCNN(backbone, num_classes=4, **PLAIN)  # class 0 is background
-    _falls(_train(model, shapes, label_offset=1))
+    # a box head at the neck's width (torchvision's default is a 12.5M-parameter MLP)
+    box_head = TwoMLPHead(64 * 7 * 7, 128)
+    model = FasterRCNN(backbone, num_classes=4, box_head=box_head, box_predictor=FastRCNNPredictor(128, 4),
+                       box_batch_size_per_image=64, rpn_batch_size_per_image=64, **PLAIN)  # class 0: background
+    _falls(_train(model, shapes, label_offset=1, steps=20))
     _infer(model, shapes)
+

@@ -140,7 +140,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..train.evaluate import draw_detections
 
     model = load_model(args.checkpoint).eval()
-    names = {i + 1: str(i) for i in range(model.spec.num_classes)}
+    labels = model.class_names or [str(i) for i in range(model.spec.num_classes)]
+    names = {i + 1: name for i, name in enumerate(labels)}
     out = Path(args.out)
     for path in map(Path, args.images):
         try:
@@ -156,7 +157,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for (x0, y0, x1, y1), s, label in zip((det["boxes"] / scale).tolist(), det["scores"].tolist(), det["labels"].tolist()):
             dets.append({"bbox": [x0, y0, x1 - x0, y1 - y0], "score": s, "category_id": label + 1})
         target = draw_detections(path, dets, names, out / f"{path.stem}_pred.png", args.score)
-        print(f"{path}: {len(dets)} detections -> {target}")
+        found = ", ".join(f"{names[d['category_id']]} {d['score']:.2f}" for d in dets[:5])
+        print(f"{path}: {len(dets)} detections{' (' + found + (', ...' if len(dets) > 5 else '') + ')' if dets else ''}"
+              f" -> {target}")
     return 0
 
 
