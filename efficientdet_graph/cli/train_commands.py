@@ -22,9 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_data)
 
     p = sub.add_parser("train", help="train a model spec on COCO-format or synthetic data")
-    p.add_argument("model", metavar="SPEC", help="built-in model name or spec file")
+    p.add_argument("model", metavar="SPEC", nargs="?", default="efficientdet-d0",
+                   help="built-in model name or spec file (default: the config's model, else efficientdet-d0)")
+    p.add_argument("--config", default=None, metavar="RUN.yaml",
+                   help="a run file (see examples/custom.yaml); flags given here override it; the effective "
+                        "run is written back to OUT/run.yaml")
     _train_args(p)
     p.set_defaults(handler=cmd_train)
+    p.set_defaults(defaults={a.dest: a.default for a in p._actions})
 
     p = sub.add_parser("eval", help="COCO mAP of a checkpoint")
     p.add_argument("checkpoint")
@@ -96,9 +101,17 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..train import TrainingDiverged, train
+    from ..train.config_file import read_train_file, train_config, write_train_file
 
+    cfg = _config(args)
+    if args.config:
+        from dataclasses import asdict
+
+        cfg = train_config(read_train_file(args.config), asdict(cfg), args.defaults)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    write_train_file(cfg, Path(cfg.out) / "run.yaml")
     try:
-        summary = train(_config(args))
+        summary = train(cfg)
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
