@@ -17,3 +17,14 @@ def test_models_lists_every_builtin_with_real_parameter_counts(edg):
         micro = create_model("micro")
     assert rows["micro"]["params"] == sum(p.numel() for p in micro.parameters())
     assert rows["efficientdet-d0"]["image_size"] == 512 and rows["efficientdet-d0"]["flops"] > 2e9
+
+
+def test_schema_model_lists_every_model_spec_field(edg):
+    from efficientdet_graph.spec import ModelSpec
+
+    code, out, _ = edg("schema", "--model")
+    assert code == 0
+    schema = json.loads(out)
+    assert set(schema["properties"]) == set(ModelSpec.model_fields) and schema["additionalProperties"] is False
+    code, out, _ = edg("schema")
+    assert "nodes" in json.loads(out)["properties"]
