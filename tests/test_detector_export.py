@@ -82,5 +82,5 @@ def test_checkpoint_carries_class_names_and_predict_draws_them(model, tmp_path, 
 def test_cli_exports_a_whole_detector(edg, tmp_path):
     pytest.importorskip("onnxruntime")
     code, out, _ = edg("export", "micro", "--onnx", tmp_path / "d.onnx")
-    assert code == 0 and "boxes (B, N, 4)" in out and "max abs box difference" in out
+    assert code == 0 and "boxes (B, N, 4)" in out and "max abs difference" in out
     assert float(out.split("difference")[-1]) <= 1e-3

@@ -21,7 +21,8 @@ from torch import nn
 from .anchors import decode_outputs
 from .build import EfficientDet
 
-__all__ = ["DecodedDetector", "export_detector_onnx", "export_detector_program", "export_onnx", "run_onnx_detector"]
+__all__ = ["DecodedDetector", "export_detector_onnx", "export_detector_program", "export_onnx", "run_onnx_detector",
+           "check_onnx_detector"]
 
 
 class DecodedDetector(nn.Module):
@@ -90,3 +91,16 @@ def export_onnx(module: torch.nn.Module, path: str | os.PathLike, image_size: in
     from ..compile.export import export_onnx as export_feature_network
 
     return export_feature_network(module, path, image_size or 256)
+
+
+def check_onnx_detector(model: EfficientDet, path: str | os.PathLike, images: torch.Tensor) -> float:
+    """Largest absolute difference between onnxruntime and PyTorch on the decoded boxes and
+    scores (before NMS, where near-equal scores could only reorder ties)."""
+    import onnxruntime as ort
+
+    wrapped = DecodedDetector(model.eval(), tuple(images.shape[-2:])).eval()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"images": images.numpy()})
+    with torch.no_grad():
+        want = wrapped(images)
+    return max(float((torch.from_numpy(g) - w).abs().max()) for g, w in zip(got, want))
