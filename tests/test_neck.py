@@ -125,7 +125,7 @@ def test_faster_rcnn_trains_with_our_neck(shapes):
     backbone = _backbone(edg.build_graph(edg.generate("bifpn", 2, 6)), C2_C5)
     # a box head at the neck's width (torchvision's default is a 12.5M-parameter MLP)
     box_head = TwoMLPHead(64 * 7 * 7, 128)
-    model = FasterRCNN(backbone, num_classes=4, box_head=box_head, box_predictor=FastRCNNPredictor(128, 4),
+    model = FasterRCNN(backbone, num_classes=None, box_head=box_head, box_predictor=FastRCNNPredictor(128, 4),
                        box_batch_size_per_image=64, rpn_batch_size_per_image=64, **PLAIN)  # class 0: background
     _falls(_train(model, shapes, label_offset=1, steps=20))
     _infer(model, shapes)
