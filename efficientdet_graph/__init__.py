@@ -54,6 +54,18 @@ _LAZY = {
     "load_model": "efficientdet_graph.model",
     "save_model": "efficientdet_graph.model",
     "profile_model": "efficientdet_graph.profile",
+    "neck": "efficientdet_graph.model",
+    "convert_effdet": "efficientdet_graph.model",
+    "export_onnx": "efficientdet_graph.model",
+    "CheckpointError": "efficientdet_graph.model",
+    "prune_model": "efficientdet_graph.prune",
+    "train": "efficientdet_graph.train",
+    "TrainConfig": "efficientdet_graph.train",
+    "evaluate": "efficientdet_graph.train",
+    "predict": "efficientdet_graph.train",
+    "make_synthetic": "efficientdet_graph.train",
+    "DataError": "efficientdet_graph.train",
+    "TrainingDiverged": "efficientdet_graph.train",
 }
 
 
@@ -61,7 +73,9 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module = importlib.import_module(_LAZY[name])
+        # the train stage is also the train function (it is callable): see train/__init__.py
+        return module if name == "train" else getattr(module, name)
     raise AttributeError(f"module 'efficientdet_graph' has no attribute {name!r}")
 
 
@@ -70,6 +84,16 @@ __all__ = [
     "CompileOptions",
     "ConfigError",
     "DataError",
+    "TrainConfig",
+    "TrainingDiverged",
+    "convert_effdet",
+    "evaluate",
+    "export_onnx",
+    "make_synthetic",
+    "neck",
+    "predict",
+    "prune_model",
+    "train",
     "EdgError",
     "GraphSpec",
     "PASSES",

@@ -13,7 +13,7 @@ import networkx as nx
 from .errors import ConfigError
 from .graph import canonical_hash, depths, inner_nodes, inputs_of, is_input, node_option, unroll
 
-__all__ = ["summary", "to_mermaid", "to_dot", "draw"]
+__all__ = ["summary", "to_mermaid", "to_dot", "draw", "layout"]
 
 
 def summary(g: nx.DiGraph) -> str:
@@ -84,6 +84,43 @@ def to_dot(g: nx.DiGraph) -> str:
     return "\n".join(lines) + "\n"
 
 
+def layout(g: nx.DiGraph) -> tuple[dict[str, tuple[float, float]], int]:
+    """(x, y) per node of the unrolled graph (y = level, x = column) and the last column.
+
+    Columns follow depth, so every edge runs left to right. The outputs share the last
+    column, as in the paper's Figure 2, only where the edges between them join adjacent
+    levels (BiFPN's bottom-up chain, drawn as short vertical edges); an output that feeds
+    another further away (NAS-FPN) stays at its depth."""
+    u = unroll(g)
+    outs = {v for v in u.graph["outputs"].values()}
+    dep = depths(u)
+    final = {v for v in outs if not is_input(u, v)}
+    while True:  # only outputs that feed nothing but outputs can share the last column
+        keep = {v for v in final if all(d in final for d in u.successors(v))}
+        if keep == final:
+            break
+        final = keep
+    chained = all(abs(u.nodes[s]["level"] - u.nodes[d]["level"]) == 1
+                  for s, d in u.edges if s in final and d in final)
+    if not chained:
+        final = set()
+    last = 1 + max((dep[v] for v in u if v not in final), default=0) if final else max(dep.values())
+    col = {v: (last if v in final else dep[v]) for v in u}
+    cells = defaultdict(list)
+    for v in u:
+        cells[(col[v], u.nodes[v]["level"])].append(v)
+    pos = {}
+    for (c, lvl), vs in cells.items():
+        for i, v in enumerate(vs):
+            pos[v] = (c + 0.25 * (i - (len(vs) - 1) / 2), lvl)
+    return pos, last
+
+
+# marker per fusion: a concat node and a sum node look different
+_FUSION_MARKERS = {"sum": "o", "fast_normalized": "h", "softmax": "h", "channel_fast_normalized": "H",
+                   "channel_softmax": "H", "concat": "D", "gp": "p"}
+
+
 def draw(g: nx.DiGraph, path: str | os.PathLike) -> Path:
     """Write a PNG or SVG (by suffix) in the layout of the paper's Figure 2."""
     import matplotlib
@@ -97,19 +134,7 @@ def draw(g: nx.DiGraph, path: str | os.PathLike) -> Path:
     u = unroll(g)
     lo, hi = u.graph["levels"]
     outs = {v: k for k, v in u.graph["outputs"].items()}
-    dep = depths(u)
-    final = {v for v in outs if not is_input(u, v)}
-    # Outputs share the last column, as in the paper's figure; an output that feeds
-    # another shows as a vertical edge inside that column.
-    last = 1 + max((dep[v] for v in u if v not in final), default=0)
-    col = {v: (last if v in final else dep[v]) for v in u}
-    cells = defaultdict(list)
-    for v in u:
-        cells[(col[v], u.nodes[v]["level"])].append(v)
-    pos = {}
-    for (c, lvl), vs in cells.items():
-        for i, v in enumerate(vs):
-            pos[v] = (c + 0.25 * (i - (len(vs) - 1) / 2), lvl)
+    pos, last = layout(g)
 
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * (last + 1), 1.0 + 0.9 * (hi - lo + 1)))
     colors = {"up": "#1f77b4", "down": "#d62728", "same": "#444444"}
@@ -121,24 +146,28 @@ def draw(g: nx.DiGraph, path: str | os.PathLike) -> Path:
                             shrinkA=9, shrinkB=9, connectionstyle="arc3,rad=0.08"),
         )
     for v, (x, y) in pos.items():
+        single = len(inputs_of(u, v)) < 2 if not is_input(u, v) else True
+        marker = "o" if single else _FUSION_MARKERS.get(node_option(u, v, "fusion"), "8")
         if is_input(u, v):
             style = dict(marker="s", color="#9ecae1", ms=16)
         elif v in outs:
-            style = dict(marker="o", color="#fdae6b", ms=16)
+            style = dict(marker=marker, color="#fdae6b", ms=16)
         else:
-            style = dict(marker="o", color="#d9d9d9", ms=14)
+            style = dict(marker=marker, color="#d9d9d9", ms=14)
         ax.plot([x], [y], linestyle="none", markeredgecolor="black", **style)
     for v, (x, y) in pos.items():
         if len(u) <= 40:
-            ax.text(x, y - 0.33, v, ha="center", va="top", fontsize=6)
+            how = "" if is_input(u, v) else "\n" + " · ".join(
+                ([node_option(u, v, "fusion")] if len(inputs_of(u, v)) > 1 else []) + [node_option(u, v, "op")])
+            ax.text(x, y - 0.3, v + how, ha="center", va="top", fontsize=5)
     ax.set_yticks(range(lo, hi + 1), [f"P{k}" for k in range(lo, hi + 1)])
     ax.set_xticks([])
     ax.set_ylim(lo - 0.7, hi + 0.5)
     ax.set_xlim(-0.6, last + 0.6)
     for side in ("top", "right", "bottom"):
         ax.spines[side].set_visible(False)
-    ax.set_title(f"{g.graph['name']}: inputs (squares) left, outputs (orange) right; "
-                 "blue = top-down, red = bottom-up", fontsize=8)
+    ax.set_title(f"{g.graph['name']}: inputs (squares) left, outputs orange; blue = top-down, red = bottom-up; "
+                 "fusion by shape (circle sum, hexagon weighted, diamond concat, pentagon gp)", fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150)

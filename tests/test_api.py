@@ -21,6 +21,8 @@ EXPECTED = {
     "CheckpointError", "ConfigError", "DataError", "SearchError", "ShapeError", "TrainingDiverged", "search",
     "CompileOptions", "compile_graph", "infer_shapes", "output_shapes",
     "scale", "create_model", "load_model", "save_model", "profile_model",
+    "neck", "convert_effdet", "export_onnx", "prune_model", "train", "TrainConfig", "evaluate", "predict",
+    "make_synthetic", "CheckpointError", "DataError", "TrainingDiverged",
     "EdgError", "GraphSpec", "PASSES", "PassError", "PassReport", "Problem", "RegistryError", "SpecError",
     "__version__", "add_same_level_skips", "build_graph", "canonical_hash", "describe_difference", "generate",
     "graph_to_spec", "graph_to_yaml", "load_graph", "load_spec", "load_spec_text", "prune_single_input",
@@ -41,7 +43,20 @@ def test_stage_modules_declare_all(module):
         assert hasattr(mod, name), f"{module}.{name}"
 
 
+def test_train_is_the_function_whichever_import_came_first():
+    import subprocess
+    import sys
+
+    for first in ("import efficientdet_graph.train.loop", "pass"):
+        code = (f"{first}\nimport efficientdet_graph as e, inspect\n"
+                "print(callable(e.train), e.TrainConfig.__name__, callable(e.predict))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+        assert out.stdout.split() == ["True", "TrainConfig", "True"]
+
+
 def test_exception_hierarchy():
+    for name in ("CheckpointError", "DataError", "TrainingDiverged"):
+        assert issubclass(getattr(edg, name), EdgError), name
     assert issubclass(SpecError, EdgError) and issubclass(SpecError, ValueError)
     assert issubclass(RegistryError, EdgError) and issubclass(RegistryError, LookupError)
     for cls in (PassError, ConfigError, ShapeError, CheckpointError, DataError, TrainingDiverged):

@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_validate)
 
     p = sub.add_parser("schema", help="print the JSON Schema of a graph spec (for editors)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--model", action="store_true", help="the schema of a model spec instead (default: graph spec)")
+    kind.add_argument("--train", action="store_true", help="the schema of a training run file (edg train --config)")
     p.set_defaults(handler=cmd_schema)
 
     p = sub.add_parser("new", help="generate a published topology for any level range")
@@ -103,7 +106,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    print(json.dumps(GraphSpec.model_json_schema(by_alias=True), indent=2))
+    if args.model:
+        from ..spec import ModelSpec as schema_of
+    elif args.train:
+        from ..train.config_file import TrainFile as schema_of
+    else:
+        schema_of = GraphSpec
+    print(json.dumps(schema_of.model_json_schema(by_alias=True), indent=2))
     return 0
 
 

@@ -18,6 +18,44 @@ from . import compile_commands, graph_commands, model_commands, search_commands,
 
 __all__ = ["main", "build_parser"]
 
+# Help for arguments registered without their own (by destination name); every flag of
+# every command then shows a help line with its default (tests/test_cli_help.py).
+_FALLBACK_HELP = {
+    "paths": "spec files or built-in names", "topology": "topology generator", "base": "graph to derive from",
+    "a": "first graph (name or path)", "b": "second graph (name or path)", "graph": "built-in name or path",
+    "format": "output format", "family": "model family", "json": "print JSON instead of text",
+    "image_size": "image size in pixels (default: the spec's)", "num_classes": "classes (default: the spec's)",
+    "output": "write here", "ratio": "fraction of the feature network's channels to remove (0-1)",
+    "kind": "data set kind", "out": "output folder", "train": "training images", "val": "validation images",
+    "size": "image size in pixels", "classes": "number of shape classes", "seed": "random seed",
+    "epochs": "training epochs", "lr": "learning rate (default: 2e-3 AdamW, 0.08*batch/64 SGD)",
+    "optimizer": "optimizer", "device": "'auto' (CUDA if available), 'cpu' or 'cuda[:N]'",
+    "freeze_bn": "keep batch-norm statistics fixed", "eval_every": "epochs between evaluations",
+    "synthetic_train": "training images when --data synthetic", "synthetic_val": "validation images when --data synthetic",
+    "quiet": "no progress bar or per-epoch lines", "checkpoint": "checkpoint file (.pt)", "split": "data split",
+    "batch_size": "batch size", "images": "image files", "score": "lowest score drawn",
+    "graphs": "graphs to train, one after another",
+}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds ``(default: X)`` unless the help already says it, or there is nothing to say
+    (off switches, and unset values whose meaning the help explains)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+def _complete_help(sub: argparse._SubParsersAction) -> None:
+    for p in sub.choices.values():
+        p.formatter_class = HelpFormatter
+        for action in p._actions:
+            if not action.help and action.dest in _FALLBACK_HELP:
+                action.help = _FALLBACK_HELP[action.dest]
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -33,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_commands.register(sub)
     train_commands.register(sub)
     search_commands.register(sub)
+    _complete_help(sub)
     return parser
 
 

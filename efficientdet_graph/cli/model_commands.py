@@ -34,6 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="--latency: cpu, cuda, ... (default: cuda if available)")
     p.set_defaults(handler=cmd_profile)
 
+    p = sub.add_parser("models", help="the built-in model specs with their size and cost",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    p.set_defaults(handler=cmd_models)
+
     p = sub.add_parser("convert", help="load an effdet checkpoint into our model and save it",
                        description="Convert an effdet checkpoint. The network is named by --effdet-config "
                        "(every setting from effdet's config) or by --model (our spec) with --tf / --padding; "
@@ -67,6 +72,27 @@ def _load(ref: str):
     if Path(ref).suffix in (".pt", ".pth", ".ckpt") and Path(ref).exists():
         return load_model(ref)
     return create_model(ref)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from ..model import builtin_models, load_model_spec
+    from ..profile import FLOPS_NOTE, profile_model
+
+    rows = []
+    for name in builtin_models():
+        spec = load_model_spec(name)[0]
+        p = profile_model(name)  # built on the meta device: no weights, no compute
+        rows.append({"model": name, "graph": spec.graph, "backbone": spec.backbone.name, "image_size": p.image_size,
+                     "params": p.params, "flops": p.flops})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':<18} {'graph':<10} {'backbone':<20} {'size':>5} {'params':>13} {'FLOPs':>18}")
+    for r in rows:
+        print(f"{r['model']:<18} {r['graph']:<10} {r['backbone']:<20} {r['image_size']:>5} {r['params']:>13,} "
+              f"{r['flops']:>18,}")
+    print(f"({FLOPS_NOTE}; at each spec's own image size)")
+    return 0
 
 
 def cmd_scale(args: argparse.Namespace) -> int:

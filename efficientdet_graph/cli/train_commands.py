@@ -22,9 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_data)
 
     p = sub.add_parser("train", help="train a model spec on COCO-format or synthetic data")
-    p.add_argument("model", metavar="SPEC", help="built-in model name or spec file")
+    p.add_argument("model", metavar="SPEC", nargs="?", default="efficientdet-d0",
+                   help="built-in model name or spec file (default: the config's model, else efficientdet-d0)")
+    p.add_argument("--config", default=None, metavar="RUN.yaml",
+                   help="a run file (see examples/custom.yaml); flags given here override it; the effective "
+                        "run is written back to OUT/run.yaml")
     _train_args(p)
     p.set_defaults(handler=cmd_train)
+    p.set_defaults(defaults={a.dest: a.default for a in p._actions})
 
     p = sub.add_parser("eval", help="COCO mAP of a checkpoint")
     p.add_argument("checkpoint")
@@ -119,10 +124,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from ..train import train, write_results
+    from ..train.config_file import read_train_file, train_config, write_train_file
     from ..train.progress import MetricsLog
 
     requirements = _requirements(args)
     config = _config(args)
+    if args.config:
+        config = train_config(read_train_file(args.config), asdict(config), args.defaults)
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    write_train_file(config, Path(config.out) / "run.yaml")
     summary = train(config)  # TrainingDiverged: main() prints it and exits 1
     checked = [r.check(summary) for r in requirements]
     if args.results:
@@ -168,7 +178,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..train.evaluate import draw_detections
 
     model = load_model(args.checkpoint).eval()
-    names = {i + 1: str(i) for i in range(model.spec.num_classes)}
+    labels = model.class_names or [str(i) for i in range(model.spec.num_classes)]
+    names = {i + 1: name for i, name in enumerate(labels)}
     out = Path(args.out)
     for path in map(Path, args.images):
         try:
@@ -184,7 +195,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for (x0, y0, x1, y1), s, label in zip((det["boxes"] / scale).tolist(), det["scores"].tolist(), det["labels"].tolist()):
             dets.append({"bbox": [x0, y0, x1 - x0, y1 - y0], "score": s, "category_id": label + 1})
         target = draw_detections(path, dets, names, out / f"{path.stem}_pred.png", args.score)
-        print(f"{path}: {len(dets)} detections -> {target}")
+        found = ", ".join(f"{names[d['category_id']]} {d['score']:.2f}" for d in dets[:5])
+        print(f"{path}: {len(dets)} detections{' (' + found + (', ...' if len(dets) > 5 else '') + ')' if dets else ''}"
+              f" -> {target}")
     return 0
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["Anchors", "decode_boxes", "encode_boxes", "postprocess"]
+__all__ = ["Anchors", "decode_boxes", "decode_outputs", "encode_boxes", "flatten_outputs", "postprocess",
+           "select_detections"]
 
 
 class Anchors:
@@ -76,30 +77,57 @@ def decode_boxes(codes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     return torch.stack([x - w / 2, y - h / 2, x + w / 2, y + h / 2], dim=-1)
 
 
+def flatten_outputs(cls_outputs: list[torch.Tensor], box_outputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-level head maps → class logits (B, N, C) and box codes (B, N, 4), in anchor order."""
+    b = cls_outputs[0].shape[0]
+    num_classes = cls_outputs[0].shape[1] // (box_outputs[0].shape[1] // 4)
+    cls = torch.cat([c.permute(0, 2, 3, 1).reshape(b, -1, num_classes) for c in cls_outputs], 1)
+    box = torch.cat([x.permute(0, 2, 3, 1).reshape(b, -1, 4) for x in box_outputs], 1)
+    return cls, box
+
+
+def decode_outputs(cls_outputs: list[torch.Tensor], box_outputs: list[torch.Tensor], anchors: Anchors | torch.Tensor,
+                   image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every anchor decoded: boxes (B, N, 4) as (x1, y1, x2, y2) clipped to the image, and
+    class scores (B, N, C) after the sigmoid. What an exported detector returns; NMS
+    (``select_detections``) is the rest of ``postprocess``. ``anchors`` may be the
+    anchor boxes themselves (an exported graph holds them as a constant)."""
+    cls, box = flatten_outputs(cls_outputs, box_outputs)
+    dtype = cls.dtype if cls.dtype == torch.float64 else torch.float32
+    anc = anchors if isinstance(anchors, torch.Tensor) else anchors.boxes(
+        [tuple(c.shape[-2:]) for c in cls_outputs], cls.device, tuple(image_size), dtype)
+    boxes = decode_boxes(box.to(dtype), anc.to(dtype))
+    h, w = image_size
+    boxes = torch.stack([boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h),
+                         boxes[..., 2].clamp(0, w), boxes[..., 3].clamp(0, h)], dim=-1)
+    return boxes, cls.to(dtype).sigmoid()
+
+
+def select_detections(boxes: torch.Tensor, scores: torch.Tensor, score_threshold: float = 0.05,
+                      iou_threshold: float = 0.5, max_detections: int = 100,
+                      pre_nms_top_k: int = 1000) -> list[dict[str, torch.Tensor]]:
+    """Per image: the top-scoring (anchor, class) pairs above the threshold, NMS per class.
+    Takes ``decode_outputs``' tensors (torch, or numpy arrays from an exported model)."""
+    boxes, scores = torch.as_tensor(boxes), torch.as_tensor(scores)
+    num_classes = scores.shape[-1]
+    results = []
+    for i in range(scores.shape[0]):
+        flat = scores[i].flatten()
+        top, idx = flat.topk(min(pre_nms_top_k, flat.numel()))
+        keep = top > score_threshold
+        top, idx = top[keep], idx[keep]
+        a, labels = idx // num_classes, idx % num_classes
+        b = boxes[i, a]
+        kept = batched_nms(b, top, labels, iou_threshold)[:max_detections]
+        results.append({"boxes": b[kept], "scores": top[kept], "labels": labels[kept]})
+    return results
+
+
 def postprocess(
     cls_outputs: list[torch.Tensor], box_outputs: list[torch.Tensor], anchors: Anchors,
     image_size: tuple[int, int], score_threshold: float = 0.05, iou_threshold: float = 0.5,
     max_detections: int = 100, pre_nms_top_k: int = 1000,
 ) -> list[dict[str, torch.Tensor]]:
     """Per image: the top-scoring (anchor, class) pairs, decoded, clipped, NMS per class."""
-    from torchvision.ops import batched_nms  # here, not at the top: torchvision takes seconds to import
-    b = cls_outputs[0].shape[0]
-    num_classes = cls_outputs[0].shape[1] // anchors.per_position
-    cls = torch.cat([c.permute(0, 2, 3, 1).reshape(b, -1, num_classes) for c in cls_outputs], 1)
-    box = torch.cat([x.permute(0, 2, 3, 1).reshape(b, -1, 4) for x in box_outputs], 1)
-    dtype = cls.dtype if cls.dtype == torch.float64 else torch.float32
-    anc = anchors.boxes([tuple(c.shape[-2:]) for c in cls_outputs], cls.device, tuple(image_size), dtype)
-    results = []
-    for i in range(b):
-        scores = cls[i].sigmoid().flatten()
-        k = min(pre_nms_top_k, scores.numel())
-        top, idx = scores.topk(k)
-        keep = top > score_threshold
-        top, idx = top[keep], idx[keep]
-        a, labels = idx // num_classes, idx % num_classes
-        boxes = decode_boxes(box[i, a].to(dtype), anc[a])
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, image_size[1])
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image_size[0])
-        kept = batched_nms(boxes, top.to(dtype), labels, iou_threshold)[:max_detections]
-        results.append({"boxes": boxes[kept], "scores": top[kept], "labels": labels[kept]})
-    return results
+    boxes, scores = decode_outputs(cls_outputs, box_outputs, anchors, image_size)
+    return select_detections(boxes, scores, score_threshold, iou_threshold, max_detections, pre_nms_top_k)

@@ -54,6 +54,8 @@ class EfficientDet(nn.Module):
             raise SpecError.single(f"<{spec.name}>", "head_channels must equal fpn_channels (heads read the pyramid)")
         self.spec = spec
         self.graph = graph
+        # label i is class_names[i]; set from the data's categories by training, kept in checkpoints
+        self.class_names: list[str] | None = None
         opts = CompileOptions(bn_eps=spec.bn_eps, bn_momentum=spec.bn_momentum, padding=spec.padding)
         lo, hi = graph.graph["levels"]
         self.levels = list(range(lo, hi + 1))
@@ -134,10 +136,36 @@ def build_model(spec: ModelSpec, src: SourceMap | None = None, base: Path | None
 
 
 def create_model(name_or_path: str | os.PathLike = "efficientdet-d0", pretrained_backbone: bool = False,
-                 **overrides: Any) -> EfficientDet:
+                 checkpoint: str | os.PathLike | None = None, **overrides: Any) -> EfficientDet:
     """A detector from a built-in spec name (``efficientdet-d0`` ... ``efficientdet-d7x``)
     or a spec file; keyword arguments override spec fields (``num_classes=20``).
-    Nothing is downloaded unless ``pretrained_backbone=True``."""
+    Nothing is downloaded unless ``pretrained_backbone=True``.
+
+    ``checkpoint``: weights from one of our checkpoints (``edg train``, or ``edg convert``
+    of an effdet COCO checkpoint); they must fit the spec exactly (``CheckpointError``
+    names what does not), and its class names come along."""
+    model = _create(name_or_path, pretrained_backbone, **overrides)
+    if checkpoint is not None:
+        from .checkpoint import CheckpointError, read_checkpoint
+
+        ckpt = read_checkpoint(checkpoint)
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+            raise CheckpointError(f"{checkpoint}: not an efficientdet-graph checkpoint (run `edg convert` on effdet files)")
+        try:
+            missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+        except RuntimeError as e:  # shapes differ: another width, depth or number of classes
+            first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
+            raise CheckpointError(f"{checkpoint}: weights do not fit {model.spec.name}: {first}") from None
+        if missing or unexpected:
+            raise CheckpointError(f"{checkpoint}: weights do not fit {model.spec.name}: missing {missing[:5]}, "
+                                  f"unexpected {unexpected[:5]}")
+        names = ckpt.get("class_names")
+        if isinstance(names, list) and len(names) == model.spec.num_classes and all(isinstance(n, str) for n in names):
+            model.class_names = names
+    return model
+
+
+def _create(name_or_path: str | os.PathLike, pretrained_backbone: bool, **overrides: Any) -> EfficientDet:
     spec, src, path = load_model_spec(name_or_path)
     if overrides:
         unknown = [k for k in overrides if k not in ModelSpec.model_fields]

@@ -35,6 +35,7 @@ def save_model(model: EfficientDet, path: str | os.PathLike, extra: dict | None 
             "spec": model.spec.model_dump(mode="json"),
             "graph": graph_to_yaml(model.graph),
             "state_dict": model.state_dict(),
+            **({"class_names": list(model.class_names)} if model.class_names else {}),
             **(extra or {}),
         },
         path,
@@ -62,4 +63,9 @@ def load_model(path: str | os.PathLike) -> EfficientDet:
     missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    names = ckpt.get("class_names")
+    if names is not None:
+        if not (isinstance(names, list) and len(names) == spec.num_classes and all(isinstance(n, str) for n in names)):
+            raise CheckpointError(f"{path}: class_names must be {spec.num_classes} strings")
+        model.class_names = names
     return model

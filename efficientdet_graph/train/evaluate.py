@@ -58,8 +58,17 @@ def coco_eval(annotations: Path, results: list[dict], image_ids: list[int] | Non
     return {k: max(0.0, float(v)) for k, v in zip(METRIC_NAMES, ev.stats[:6])}
 
 
-def evaluate(model: EfficientDet, data: CocoDetection, batch_size: int = 16, device: str = "cpu",
-             results_path: Path | None = None) -> dict[str, float]:
+def evaluate(model: EfficientDet | str | Path, data: CocoDetection | str | Path, batch_size: int = 16,
+             device: str = "cpu", results_path: Path | None = None, split: str = "val") -> dict[str, float]:
+    """COCO AP of a model (or checkpoint path) on a data set (or a data folder's ``split``)."""
+    if not isinstance(model, EfficientDet):
+        from ..model import load_model
+
+        model = load_model(model)
+    if not isinstance(data, CocoDetection):
+        from .data import resolve_data
+
+        data = CocoDetection(*resolve_data(data, split), model.spec.image_size, train=False)
     results = predict_dataset(model, data, batch_size, device)
     if results_path is not None:
         atomic_write_text(results_path, json.dumps(results))

@@ -123,6 +123,11 @@ def _lr_lambda(total: int, warmup: int):
     return f
 
 
+def warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -> int:
+    """Warm-up in steps, at most a fifth of the run: a one-epoch run still decays."""
+    return min(int(warmup_epochs * steps_per_epoch), total_steps // 5)
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train, evaluate every ``eval_every`` epochs, checkpoint every epoch; returns a summary."""
     started = not dist.is_initialized()
@@ -173,6 +178,7 @@ def _train(cfg: TrainConfig) -> dict:
             print(f"no validation split ({e}); training without evaluation")
     if train_set.num_classes != model.spec.num_classes:
         raise DataError(f"the data has {train_set.num_classes} classes, the model {model.spec.num_classes}")
+    model.class_names = [str(train_set.category_names[c]) for c in train_set.category_ids]
     if main and not cfg.quiet:
         print(f"train data: {train_set.report}")
         if val_set is not None:
@@ -198,7 +204,7 @@ def _train(cfg: TrainConfig) -> dict:
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01 if cfg.weight_decay is None else cfg.weight_decay)
     else:
         raise ConfigError(f"--optimizer must be sgd or adamw, got {cfg.optimizer!r}")
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    warmup = warmup_steps(cfg.warmup_epochs, steps_per_epoch, total_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total_steps, warmup))
     start_epoch, step = 0, 0
     if resumed is not None:
@@ -316,6 +322,7 @@ def _save(path: Path, model: EfficientDet, ema: _Ema, opt, sched, epoch: int, st
         "spec": plain.spec.model_dump(mode="json"),
         "graph": graph_to_yaml(plain.graph),
         "state_dict": ema.model.state_dict(),  # what eval / predict use
+        **({"class_names": list(plain.class_names)} if plain.class_names else {}),
         "train_state": {"model": plain.state_dict(), "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict(), "epoch": epoch, "step": step,
                         "config": asdict(cfg)},
