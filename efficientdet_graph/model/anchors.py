@@ -108,6 +108,8 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, score_threshold
                       pre_nms_top_k: int = 1000) -> list[dict[str, torch.Tensor]]:
     """Per image: the top-scoring (anchor, class) pairs above the threshold, NMS per class.
     Takes ``decode_outputs``' tensors (torch, or numpy arrays from an exported model)."""
+    from torchvision.ops import batched_nms  # here, not at the top: torchvision takes seconds to import
+
     boxes, scores = torch.as_tensor(boxes), torch.as_tensor(scores)
     num_classes = scores.shape[-1]
     results = []
