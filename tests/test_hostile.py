@@ -1,0 +1,234 @@
+"""Regression tests for hostile input (issue 11): every spec gives a located error,
+never a traceback, a hang or a silently different graph."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from efficientdet_graph.compile import compile_graph, module_name
+from efficientdet_graph.errors import SpecError
+from efficientdet_graph.model.build import build_model, load_model_spec
+from efficientdet_graph.passes import load_graph
+from efficientdet_graph.spec import ModelSpec, read_spec_text
+from efficientdet_graph.spec.builtin import builtin_dir
+
+LOCATED = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): ")
+BIFPN = (builtin_dir("graphs") / "bifpn.yaml").read_text()
+
+
+def _spec_error(path) -> SpecError:
+    with pytest.raises(SpecError) as info:
+        load_graph(path)
+    for line in str(info.value).splitlines():
+        assert LOCATED.match(line), line
+    return info.value
+
+
+def _write(tmp_path: Path, text: str, name: str = "g.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+# --- spec reading ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("char", ["\x00", "\x0c", "\x1b", "\x7f"])
+def test_control_character_is_located(tmp_path, char):
+    text = BIFPN.replace("description:", f"description: x{char}", 1)
+    line = text[: text.index(char)].count("\n") + 1
+    err = _spec_error(_write(tmp_path, text))
+    assert err.problems[0].line == line
+    assert f"U+{ord(char):04X}" in str(err)
+
+
+def test_deep_nesting_is_located_not_recursion_error(tmp_path):
+    err = _spec_error(_write(tmp_path, "name: x\ndescription: " + "[" * 600 + "]" * 600 + "\n"))
+    assert err.problems[0].line == 2 and "nested" in str(err)
+
+
+@pytest.mark.parametrize("text", [
+    BIFPN.replace("name: bifpn", "name: !!int abc"),
+    BIFPN + "!!float abc: 1\n",
+    BIFPN.replace("description:", "description: !!timestamp nope\nx:", 1),
+    BIFPN.replace("name: bifpn", "name: !!bool maybe"),
+    BIFPN.replace("name: bifpn", "name: !!int ''"),
+])
+def test_failing_explicit_tag_is_located(tmp_path, text):
+    err = _spec_error(_write(tmp_path, text))
+    assert any("tag" in p.message and p.line > 1 for p in err.problems)
+
+
+def test_long_and_nul_references_are_located_at_the_naming_key(tmp_path):
+    for ref in ["a" * 300 + ".yaml", '"a\\0b.yaml"', "/" + "b/" * 3000 + "c.yaml"]:
+        err = _spec_error(_write(tmp_path, f"name: x\nderive: {{from: {ref}}}\n"))
+        assert err.problems[0].file.endswith("g.yaml") and err.problems[0].line == 2
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+def test_device_files_are_refused_not_read(tmp_path, device):
+    if not os.path.exists(device):
+        pytest.skip(f"{device} does not exist here")
+    err = _spec_error(_write(tmp_path, f"name: x\nderive: {{from: {device}}}\n"))
+    assert "regular file" in str(err) and err.problems[0].line == 2
+    with pytest.raises(SpecError, match="regular file"):
+        load_graph(device)
+
+
+def test_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(SpecError, match="regular file"):
+        load_graph(fifo)  # before the fix: blocks forever in open()
+
+
+def test_many_unknown_names_do_not_cost_minutes(tmp_path):
+    # 2,000 nodes, each naming two unknown inputs: before the fix, a close-match hint
+    # per name over all nodes (quadratic; minutes of CPU). Counted in hint calls, not time.
+    from efficientdet_graph.graph import build as gb
+
+    calls = []
+    real = gb.close_match
+
+    def counting(word, candidates):
+        calls.append(word)
+        return real(word, candidates)
+
+    lines = ["name: slow", "levels: [3, 4]", "nodes:"]
+    lines += [f"  - {{id: n{i}, level: 3, inputs: [missing{i}x, other{i}y]}}" for i in range(2000)]
+    lines.append("outputs: {3: n0, 4: n1}")
+    gb.close_match = counting
+    try:
+        _spec_error(_write(tmp_path, "\n".join(lines)))
+    finally:
+        gb.close_match = real
+    assert len(calls) <= gb.MAX_HINTS
+
+
+def test_reference_resolves_relative_to_naming_file_first(tmp_path, monkeypatch):
+    # g.yaml in the current directory and another g.yaml beside the deriving spec:
+    # the docs say the path is relative to the file that names it.
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "specs").mkdir()
+    _write(tmp_path / "cwd", (builtin_dir("graphs") / "fpn.yaml").read_text())
+    _write(tmp_path / "specs", BIFPN)
+    child = _write(tmp_path / "specs", "name: child\nderive: {from: g.yaml}\n", "child.yaml")
+    monkeypatch.chdir(tmp_path / "cwd")
+    g = load_graph(child)
+    assert g.number_of_nodes() == load_graph("bifpn").number_of_nodes()
+
+
+def test_foreign_file_content_is_never_echoed(tmp_path):
+    secret = "root_secret_token: hunter2\nalice_pw_hash: 'x$1$abcdef'\n"
+    _write(tmp_path, secret, "passwd")
+    err = _spec_error(_write(tmp_path, "name: x\nderive: {from: ./passwd}\n"))
+    assert "hunter2" not in str(err) and "root_secret_token" not in str(err) and "alice" not in str(err)
+    assert len(err.problems) == 1 and err.problems[0].line == 2 and "not a graph spec" in str(err)
+
+
+# --- specs that validated and then crashed ---------------------------------------------
+
+KEYWORDS = """name: kw
+levels: [3, 4]
+nodes:
+  - {id: class, level: 3, inputs: [P3_in, P4_in]}
+  - {id: None, level: 4, inputs: [P4_in, class]}
+  - {id: lambda, level: 3, inputs: [class, None]}
+outputs: {3: lambda, 4: None}
+"""
+
+COLLIDING = """name: collide
+levels: [3, 4]
+nodes:
+  - {id: to, level: 3, inputs: [P3_in, P4_in]}
+  - {id: n_to, level: 3, inputs: [P3_in, to]}
+  - {id: _x, level: 4, inputs: [P4_in, n_to]}
+  - {id: n__x, level: 4, inputs: [P4_in, _x]}
+  - {id: graph, level: 3, inputs: [n_to, n__x]}
+outputs: {3: graph, 4: n__x}
+"""
+
+
+@pytest.mark.parametrize("text", [KEYWORDS, COLLIDING])
+def test_any_node_ids_compile_to_distinct_modules(tmp_path, text):
+    g = load_graph(_write(tmp_path, text))
+    m = compile_graph(g, 8)
+    inner = [v for v in g if not v.endswith("_in")]
+    names = {module_name(v) for v in g}
+    assert len(names) == g.number_of_nodes()
+    # every node has its own block; the colliding pair no longer overwrites one
+    assert {name for name, _ in m.named_children()} >= {module_name(v) for v in inner}
+    outs = m(torch.randn(1, 8, 8, 8), torch.randn(1, 8, 4, 4))
+    assert [tuple(o.shape) for o in outs] == [(1, 8, 8, 8), (1, 8, 4, 4)]
+
+
+def _model(tmp_path, body: str) -> Path:
+    return _write(tmp_path, "name: m\nbackbone: {name: tinynet_e}\n" + body, "m.yaml")
+
+
+def _build(path):
+    spec, src, p = load_model_spec(path)
+    with torch.device("meta"):
+        return build_model(spec, src, p.parent)
+
+
+def test_gp_fusion_against_a_graph_with_three_input_nodes(tmp_path):
+    with pytest.raises(SpecError) as info:
+        _build(_model(tmp_path, "graph: bifpn\nfusion: gp\nfpn_channels: 16\n"))
+    assert info.value.problems[0].line == 4 and "gp" in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["fpn_channels", "num_classes", "image_size", "head_channels"])
+def test_model_spec_sizes_are_bounded(tmp_path, key):
+    with pytest.raises(SpecError) as info:
+        load_model_spec(_model(tmp_path, f"{key}: 1000000000000\n"))
+    assert info.value.problems[0].line == 3 and "less than or equal" in str(info.value)
+
+
+def test_head_channels_mismatch_is_located_in_the_file(tmp_path):
+    with pytest.raises(SpecError) as info:
+        _build(_model(tmp_path, "fpn_channels: 16\nhead_channels: 24\n"))
+    p = info.value.problems[0]
+    assert p.file.endswith("m.yaml") and p.line == 4
+
+
+def test_missing_graph_is_reported_at_the_graph_line(tmp_path):
+    with pytest.raises(SpecError) as info:
+        _build(_model(tmp_path, "fpn_channels: 16\ngraph: missing.yaml\n"))
+    p = info.value.problems[0]
+    assert p.file.endswith("m.yaml") and p.line == 4 and "no such file" in p.message
+
+
+def test_unknown_timm_backbone_lists_close_matches_only(tmp_path):
+    with pytest.raises(SpecError) as info:
+        _build(_write(tmp_path, "name: m\nbackbone: {name: efficientnet_b9}\n", "m.yaml"))
+    msg = str(info.value)
+    assert "efficientnet_b" in msg and len(msg) < 600 and info.value.problems[0].line == 2
+
+
+def test_model_spec_reads_without_crash_on_inf():
+    r = read_spec_text("name: m\nanchors: {scale: .inf}\n", "m.yaml", ModelSpec)
+    assert r.spec is None and r.problems[0].line == 2
+
+
+def test_validate_accepts_model_specs_and_graphs(capsys):
+    from efficientdet_graph.cli.main import main
+
+    specs = sorted(str(p) for p in builtin_dir("specs").glob("*.yaml"))
+    graphs = sorted(str(p) for p in builtin_dir("graphs").glob("*.yaml"))
+    assert main(["validate", *specs, *graphs]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ok  ") == len(specs) + len(graphs)
+
+
+def test_validate_reports_a_bad_model_spec_located(tmp_path, capsys):
+    from efficientdet_graph.cli.main import main
+
+    p = _model(tmp_path, "fpn_channels: 16\nhead_channels: 24\n")
+    assert main(["validate", str(p)]) == 2
+    assert f"{p}:4:16:" in capsys.readouterr().err
