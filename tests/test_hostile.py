@@ -232,3 +232,95 @@ def test_validate_reports_a_bad_model_spec_located(tmp_path, capsys):
     p = _model(tmp_path, "fpn_channels: 16\nhead_channels: 24\n")
     assert main(["validate", str(p)]) == 2
     assert f"{p}:4:16:" in capsys.readouterr().err
+
+
+# --- checkpoints -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def micro_ckpt(tmp_path_factory):
+    from efficientdet_graph.model import create_model
+    from efficientdet_graph.model.checkpoint import save_model
+
+    path = tmp_path_factory.mktemp("ck") / "micro.pt"
+    save_model(create_model("micro"), path)
+    return path, torch.load(path, weights_only=True)
+
+
+def _bad_ckpt(tmp_path, ckpt, **changes):
+    c = {**ckpt, **changes}
+    for k, v in changes.items():
+        if v is _DROP:
+            del c[k]
+    p = tmp_path / "bad.pt"
+    torch.save(c, p)
+    return p
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"spec": _DROP}, "'spec'"),
+    ({"spec": "efficientdet-d0"}, "'spec'"),
+    ({"spec": {"name": "x", "fpn_channels": "wide"}}, "fpn_channels"),
+    ({"graph": "name: x\ndescription: " + "[" * 2000 + "]" * 2000}, "nested"),
+])
+def test_bad_checkpoint_spec_or_graph_is_a_clear_error(micro_ckpt, tmp_path, change, words):
+    from efficientdet_graph.errors import EdgError
+    from efficientdet_graph.model.checkpoint import load_model
+
+    p = _bad_ckpt(tmp_path, micro_ckpt[1], **change)
+    with pytest.raises(EdgError) as info:
+        load_model(p)
+    assert str(p) in str(info.value) and words in str(info.value)
+
+
+def test_wrong_shaped_weight_is_named(micro_ckpt, tmp_path):
+    from efficientdet_graph.model.checkpoint import CheckpointError, load_model
+
+    sd = dict(micro_ckpt[1]["state_dict"])
+    key = next(k for k, v in sd.items() if v.dim() == 4)
+    sd[key] = torch.zeros(*sd[key].shape[:-1], sd[key].shape[-1] + 1)
+    with pytest.raises(CheckpointError, match=re.escape(key)):
+        load_model(_bad_ckpt(tmp_path, micro_ckpt[1], state_dict=sd))
+
+
+def test_huge_spec_is_refused_before_allocating(micro_ckpt, tmp_path, monkeypatch):
+    # 8192 channels x 10,000 classes would be gigabytes; the checkpoint's weights do
+    # not hold them, so the meta-device check refuses it: no real module is built.
+    from efficientdet_graph.model import checkpoint as ck
+
+    spec = {**micro_ckpt[1]["spec"], "fpn_channels": 8192, "head_channels": 8192, "num_classes": 10_000}
+    real_builds = []
+    real = ck.build_model
+
+    def watching(*a, **k):
+        if torch.empty(0).device.type != "meta":
+            real_builds.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(ck, "build_model", watching)
+    with pytest.raises(ck.CheckpointError, match="has shape"):
+        ck.load_model(_bad_ckpt(tmp_path, micro_ckpt[1], spec=spec))
+    assert not real_builds
+
+
+@pytest.mark.parametrize("content", [[1, 2, 3], "text", None])
+def test_non_dict_checkpoint_is_a_clear_error(tmp_path, content):
+    from efficientdet_graph.model.checkpoint import CheckpointError, load_model
+
+    p = tmp_path / "x.pt"
+    torch.save(content, p)
+    with pytest.raises(CheckpointError, match="not an efficientdet-graph checkpoint"):
+        load_model(p)
+
+
+def test_resume_from_a_save_model_file_exits_2(micro_ckpt, tmp_path, capsys):
+    from efficientdet_graph.cli.main import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(micro_ckpt[0].read_bytes())
+    code = main(["train", "micro", "--resume", "--out", str(out), "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no training state" in err and str(out / "last.pt") in err

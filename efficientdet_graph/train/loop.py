@@ -14,10 +14,9 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import EdgError
-from ..model import EfficientDet, build_model, create_model, save_atomic
-from ..model.checkpoint import FORMAT, read_checkpoint
-from ..graph import build_graph, graph_to_yaml
-from ..spec import ModelSpec, load_spec_text
+from ..model import EfficientDet, create_model, save_atomic
+from ..model.checkpoint import FORMAT, CheckpointError, model_from_checkpoint, read_checkpoint
+from ..graph import graph_to_yaml
 from .data import CocoDetection, DataError, collate, num_categories, resolve_data, seeded_order
 from .evaluate import evaluate
 from .progress import MetricsLog, Progress, plot_curves
@@ -159,9 +158,10 @@ def _train(cfg: TrainConfig) -> dict:
     if cfg.resume and resumed is None and main:
         print(f"no checkpoint at {ckpt_path}; starting from scratch")
     if resumed is not None:
-        spec = ModelSpec.model_validate(resumed["spec"])
-        gspec, gsrc = load_spec_text(resumed["graph"], f"{ckpt_path}#graph")
-        model = build_model(spec, graph=build_graph(gspec, gsrc))
+        model = model_from_checkpoint(resumed, ckpt_path)
+        if not isinstance(resumed.get("train_state"), dict):
+            raise CheckpointError(f"{ckpt_path}: no training state (written by save_model?); --resume needs the "
+                                  "last.pt of an `edg train` run, or start a new run in another --out folder")
     else:
         model = _build(cfg, num_categories(resolve_data(root, "train")[0]))
     size = model.spec.image_size
@@ -210,11 +210,15 @@ def _train(cfg: TrainConfig) -> dict:
         if was and was != cfg.optimizer:
             raise EdgError(f"{ckpt_path} was trained with --optimizer {was}; resume with the same optimizer "
                            "or start a new run in another --out folder")
-        model.load_state_dict(state["model"])
-        ema.model.load_state_dict(resumed["state_dict"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start_epoch, step = state["epoch"], state["step"]
+        try:
+            model.load_state_dict(state["model"])
+            ema.model.load_state_dict(resumed["state_dict"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            start_epoch, step = int(state["epoch"]), int(state["step"])
+        except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as e:
+            raise CheckpointError(f"{ckpt_path}: training state does not fit this run "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
         if main:
             print(f"resumed from {ckpt_path}: epoch {start_epoch}, step {step}")
             if cfg.lr is not None and cfg.lr != state.get("config", {}).get("lr"):
