@@ -350,8 +350,9 @@ def mutants(n: int, seed: int) -> list[tuple[str, str, str, str]]:
     return out
 
 
-def run(n: int, seed: int, folder: Path, stop_after: int = 20) -> dict:
-    """Check ``n`` mutants; the counts, and up to ``stop_after`` defects."""
+def run(n: int, seed: int, folder: Path, stop_after: int = 20, max_seconds: float | None = None) -> dict:
+    """Check ``n`` mutants (fewer when ``max_seconds`` runs out); the counts, and up to
+    ``stop_after`` defects."""
     _prepare(folder)
     counts: Counter = Counter()
     by_kind: Counter = Counter()
@@ -373,9 +374,9 @@ def run(n: int, seed: int, folder: Path, stop_after: int = 20) -> dict:
         counts[outcome] += 1
         for m in how.split("+"):
             by_kind[m] += 1
-        if len(defects) >= stop_after:
+        if len(defects) >= stop_after or (max_seconds and time.time() - t0 > max_seconds):
             break
-    return {"mutants": sum(counts.values()), "valid": counts["valid"], "spec_error": counts["spec_error"],
+    return {"mutants": sum(counts.values()), "asked": n, "valid": counts["valid"], "spec_error": counts["spec_error"],
             "defects": counts["defect"], "seconds": round(time.time() - t0, 1), "seed": seed,
             "mutations_applied": dict(sorted(by_kind.items())), "first_defects": defects}
 
@@ -386,8 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--dir", default="runs/fuzz", help="scratch folder for the mutant files")
     ap.add_argument("--out", default="benchmarks/results-fuzz.json")
+    ap.add_argument("--max-seconds", type=float, default=None, help="stop early, recording how many were checked")
     args = ap.parse_args(argv)
-    result = run(args.mutants, args.seed, Path(args.dir), stop_after=100)
+    result = run(args.mutants, args.seed, Path(args.dir), stop_after=100, max_seconds=args.max_seconds)
     result.update({
         "command": "PYTHONPATH=. python tests/fuzz.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": platform.platform(),
@@ -397,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("mutants", "valid", "spec_error", "defects", "seconds")}))
-    return 1 if result["defects"] else 0
+    return 1 if result["defects"] or result["mutants"] < args.mutants else 0
 
 
 if __name__ == "__main__":

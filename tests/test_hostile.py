@@ -324,3 +324,106 @@ def test_resume_from_a_save_model_file_exits_2(micro_ckpt, tmp_path, capsys):
     code = main(["train", "micro", "--resume", "--out", str(out), "--epochs", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "no training state" in err and str(out / "last.pt") in err
+
+
+# --- data ------------------------------------------------------------------------------
+
+def _coco(tmp_path, images=None, annotations=None, categories=None, n_images=2):
+    import json
+
+    from PIL import Image
+
+    (tmp_path / "images").mkdir(exist_ok=True)
+    for i in range(n_images):
+        Image.new("RGB", (64, 48), (i * 40, 90, 20)).save(tmp_path / "images" / f"{i}.png")
+    coco = {
+        "images": images if images is not None else [{"id": i, "file_name": f"{i}.png", "width": 64, "height": 48}
+                                                      for i in range(n_images)],
+        "annotations": annotations if annotations is not None else [
+            {"id": 1, "image_id": 0, "category_id": 1, "bbox": [4, 4, 20, 20]}],
+        "categories": categories if categories is not None else [{"id": 1, "name": "a"}],
+    }
+    p = tmp_path / "ann.json"
+    p.write_text(json.dumps(coco))
+    return p
+
+
+def _data(p, tmp_path):
+    from efficientdet_graph.train.data import CocoDetection
+
+    return CocoDetection(p, tmp_path / "images", 64, train=False)
+
+
+@pytest.mark.parametrize("bbox", [[float("nan"), 4, 20, 20], [4, float("inf"), 20, 20], [4, 4, float("inf"), 20]])
+def test_nonfinite_boxes_are_dropped_and_counted(tmp_path, bbox):
+    import json
+
+    p = _coco(tmp_path)
+    coco = json.loads(p.read_text())
+    coco["annotations"].append({"id": 2, "image_id": 1, "category_id": 1, "bbox": bbox})
+    p.write_text(json.dumps(coco))  # json writes NaN / Infinity, as Python's reader accepts
+    d = _data(p, tmp_path)
+    assert d.report.boxes == 1 and d.report.dropped_nonfinite == 1 and d.report.clipped_boxes == 0
+    assert "NaN or infinite" in str(d.report)
+
+
+@pytest.mark.parametrize("kwargs, where", [
+    ({"categories": [{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]}, "categories[1].id"),
+    ({"categories": [{"name": "a"}]}, "categories[0].id"),
+    ({"images": [{"id": 0}]}, "images[0].file_name"),
+    ({"images": [{"file_name": "0.png"}]}, "images[0].id"),
+    ({"annotations": {"id": 1}}, "'annotations' should be a list"),
+    ({"annotations": ["a box"]}, "annotations[0]"),
+])
+def test_malformed_coco_names_the_json_path(tmp_path, kwargs, where):
+    from efficientdet_graph.train.data import DataError
+
+    with pytest.raises(DataError) as info:
+        _data(_coco(tmp_path, **kwargs), tmp_path)
+    assert where in str(info.value)
+
+
+def test_decompression_bomb_is_skipped_and_reported(tmp_path, monkeypatch):
+    import json
+
+    from PIL import Image
+
+    p = _coco(tmp_path)
+    Image.new("RGB", (400, 400)).save(tmp_path / "images" / "big.png")
+    coco = json.loads(p.read_text())
+    coco["images"].append({"id": 7, "file_name": "big.png"})
+    p.write_text(json.dumps(coco))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 48 * 4)  # 400x400 is then > 2x the limit
+    d = _data(p, tmp_path)
+    assert len(d) == 2 and len(d.report.skipped_images) == 1 and "decompression bomb" in str(d.report)
+
+
+def test_truncated_jpeg_is_skipped_at_load(tmp_path):
+    import io
+    import json
+
+    from PIL import Image
+
+    p = _coco(tmp_path)
+    buf = io.BytesIO()
+    Image.effect_noise((256, 256), 60).convert("RGB").save(buf, "JPEG")
+    (tmp_path / "images" / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    coco = json.loads(p.read_text())
+    coco["images"].append({"id": 9, "file_name": "cut.jpg"})
+    p.write_text(json.dumps(coco))
+    d = _data(p, tmp_path)
+    assert d.report.skipped_images == ["cut.jpg"] and len(d) == 2
+
+
+def test_empty_annotations_warn_loudly(tmp_path):
+    d = _data(_coco(tmp_path, annotations=[]), tmp_path)
+    assert "WARNING" in str(d.report)
+
+
+def test_eval_without_iscrowd_or_area_fills_defaults(tmp_path):
+    from efficientdet_graph.train.evaluate import coco_eval
+
+    p = _coco(tmp_path)  # the annotation has neither iscrowd nor area
+    res = [{"image_id": 0, "category_id": 1, "bbox": [4, 4, 20, 20], "score": 0.9}]
+    m = coco_eval(p, res, [0, 1])
+    assert m["map"] == pytest.approx(1.0)
