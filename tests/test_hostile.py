@@ -427,3 +427,73 @@ def test_eval_without_iscrowd_or_area_fills_defaults(tmp_path):
     res = [{"image_id": 0, "category_id": 1, "bbox": [4, 4, 20, 20], "score": 0.9}]
     m = coco_eval(p, res, [0, 1])
     assert m["map"] == pytest.approx(1.0)
+
+
+# --- command-line arguments and the training loop ---------------------------------------
+
+@pytest.mark.parametrize("argv, flag", [
+    (["train", "micro", "--batch-size", "0"], "--batch-size"),
+    (["train", "micro", "--image-size", "-5"], "--image-size"),
+    (["train", "micro", "--epochs", "0"], "--epochs"),
+    (["train", "micro", "--lr", "1e39"], "--lr"),
+    (["train", "micro", "--lr", "nan"], "--lr"),
+    (["profile", "micro", "--image-size", "0"], "--image-size"),
+    (["profile", "micro", "--image-size", "-5"], "--image-size"),
+    (["compile", "bifpn", "--input-size", "0"], "--input-size"),
+    (["compile", "bifpn", "--channels", "0"], "--channels"),
+    (["prune", "micro", "--ratio", "1.5"], "--ratio"),
+    (["predict", "x.pt", "y.png", "-o", "z", "--score", "2"], "--score"),
+])
+def test_numeric_flags_are_range_checked(capsys, argv, flag):
+    from efficientdet_graph.cli.main import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and flag in err and argv[argv.index(flag) + 1] in err and "range" in err
+
+
+def test_show_refuses_an_unknown_extension(tmp_path, capsys):
+    from efficientdet_graph.cli.main import main
+
+    out = tmp_path / "x.jpg"
+    assert main(["show", "bifpn", "-o", str(out)]) == 2
+    assert not out.exists() and ".jpg" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory):
+    from efficientdet_graph.train.synthetic import make_synthetic
+
+    return make_synthetic(tmp_path_factory.mktemp("syn") / "data", num_train=24, num_val=8, image_size=64, seed=3)
+
+
+def test_max_steps_saves_its_checkpoint_and_resumes_mid_epoch(syn, tmp_path, capsys):
+    from efficientdet_graph.cli.main import main
+    from efficientdet_graph.model.checkpoint import read_checkpoint
+
+    out = tmp_path / "run"
+    common = ["train", "micro", "--data", str(syn), "--batch-size", "4", "--epochs", "1", "--eval-every", "99",
+              "--quiet", "--out", str(out)]
+    assert main(common + ["--max-steps", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert (out / "last.pt").exists() and f"checkpoint: {out / 'last.pt'}" in printed
+    state = read_checkpoint(out / "last.pt")["train_state"]
+    assert (state["epoch"], state["step"]) == (0, 2)
+    assert main(common + ["--resume"]) == 0
+    state = read_checkpoint(out / "last.pt")["train_state"]
+    assert (state["epoch"], state["step"]) == (1, 6)  # 24 images / 4 = 6 steps: 4 more, not 6
+
+
+def test_evaluation_failure_keeps_the_epoch_checkpoint(syn, tmp_path, monkeypatch):
+    from efficientdet_graph.train import loop
+    from efficientdet_graph.train.loop import TrainConfig, train
+
+    def broken(*a, **k):
+        raise KeyError("iscrowd")
+
+    monkeypatch.setattr(loop, "evaluate", broken)
+    out = tmp_path / "run"
+    with pytest.raises(KeyError):
+        train(TrainConfig(model="micro", data=str(syn), out=str(out), epochs=1, batch_size=4, quiet=True))
+    assert (out / "last.pt").exists()

@@ -15,6 +15,8 @@ from ..passes import load_graph, parse_pass_arg, run_passes
 from ..spec import GraphSpec
 from ..spec.builtin import builtin_dir, builtin_names
 
+from ._args import bounded
+
 __all__ = ["register"]
 
 
@@ -54,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("tour", help="a short tour: built-ins, BiFPN from PANet, compile, count, train briefly")
     p.add_argument("--out", default="runs/tour", help="folder for figures and the training run (default runs/tour)")
-    p.add_argument("--train-epochs", type=int, default=4, help="epochs of the short training run (0: skip)")
+    p.add_argument("--train-epochs", type=bounded(int, 0, 1000), default=4, help="epochs of the short training run (0: skip)")
     p.set_defaults(handler=cmd_tour)
 
 
@@ -173,8 +175,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from .. import viz
 
+    suffix = Path(args.output).suffix.lower() if args.output else ""
+    if args.output and suffix not in (".png", ".svg", ".txt", ".md", ".mmd", ".dot", ".gv", ".yaml", ".yml"):
+        raise PassError(f"-o {args.output}: unknown extension {suffix or '(none)'!r}; use .png or .svg to draw, "
+                        ".txt, .md/.mmd, .dot/.gv or .yaml/.yml for --format text, mermaid, dot or yaml")
     g = load_graph(args.graph)
-    if args.output and Path(args.output).suffix.lower() in (".png", ".svg"):
+    if args.output and suffix in (".png", ".svg"):
         viz.draw(g, args.output)
         print(f"wrote {args.output}", file=sys.stderr)
         return 0

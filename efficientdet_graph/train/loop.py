@@ -246,7 +246,8 @@ def _train(cfg: TrainConfig) -> dict:
         order = seeded_order(len(train_set), cfg.seed, epoch)
         bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", enabled=main and not cfg.quiet)
         t0, seen, epoch_loss = time.perf_counter(), 0, 0.0
-        for i in range(steps_per_epoch):
+        # a run saved mid-epoch (by --max-steps) goes on with that epoch's next batch
+        for i in range(step - epoch * steps_per_epoch if step > epoch * steps_per_epoch else 0, steps_per_epoch):
             if cfg.max_steps is not None and step >= cfg.max_steps:
                 break
             batch = order[i * cfg.batch_size:(i + 1) * cfg.batch_size][rank * per_rank:(rank + 1) * per_rank]
@@ -292,9 +293,14 @@ def _train(cfg: TrainConfig) -> dict:
         done = cfg.max_steps is not None and step >= cfg.max_steps and step < (epoch + 1) * steps_per_epoch
         if done:
             summary["stopped_at_step"] = step
+            if main:  # a stopped run keeps what it trained; --resume goes on mid-epoch
+                _save(ckpt_path, model, ema, opt, sched, epoch, step, cfg)
+                plot_curves(log.read(), out / "curves.png")
             break
         record = {"type": "epoch", "epoch": epoch + 1, "step": step,
-                  "loss": epoch_loss / steps_per_epoch, "img_per_s": seen / (time.perf_counter() - t0)}
+                  "loss": epoch_loss / max(1, seen // cfg.batch_size), "img_per_s": seen / (time.perf_counter() - t0)}
+        if main:  # before evaluating: an evaluation failure must not lose the epoch
+            _save(ckpt_path, model, ema, opt, sched, epoch + 1, step, cfg)
         if main and val_set is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             last_eval = evaluate(ema.model, val_set, cfg.batch_size, str(device),
                                  out / "predictions_val.json" if epoch + 1 == cfg.epochs else None)
@@ -304,14 +310,14 @@ def _train(cfg: TrainConfig) -> dict:
                       f"mAP@0.5 {last_eval['map50']:.3f}")
         if main:
             log.write(**record)
-            _save(ckpt_path, model, ema, opt, sched, epoch + 1, step, cfg)
             plot_curves(log.read(), out / "curves.png")
         if world > 1:
             dist.barrier()
     summary.update(step=step, **last_eval)
-    if main:
-        summary["checkpoint"] = str(ckpt_path)
-        summary["curves"] = str(out / "curves.png")
+    if main:  # only files this run wrote (or a resumed one before it)
+        for key, path in (("checkpoint", ckpt_path), ("curves", out / "curves.png")):
+            if path.exists():
+                summary[key] = str(path)
     return summary
 
 
