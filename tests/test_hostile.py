@@ -483,6 +483,68 @@ def test_max_steps_saves_its_checkpoint_and_resumes_mid_epoch(syn, tmp_path, cap
     assert main(common + ["--resume"]) == 0
     state = read_checkpoint(out / "last.pt")["train_state"]
     assert (state["epoch"], state["step"]) == (1, 6)  # 24 images / 4 = 6 steps: 4 more, not 6
+    # a finished run resumed (after a kill between the save and the plot) redraws its curves
+    (out / "curves.png").unlink()
+    assert main(common + ["--resume"]) == 0
+    assert (out / "curves.png").exists()
+
+
+def test_metrics_rewrite_on_resume_is_atomic(tmp_path, monkeypatch):
+    import json
+
+    from efficientdet_graph import _io
+    from efficientdet_graph.train.progress import MetricsLog
+
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    before = "".join(json.dumps({"type": "step", "step": s}) + "\n" for s in range(1, 6))
+    log.path.write_text(before)
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # the kill comes while the new file is being put in place
+
+    monkeypatch.setattr(_io.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        log.truncate_after(3)
+    assert log.path.read_text() == before
+
+
+def test_unwritable_out_dir_is_exit_2(syn, tmp_path, capsys):
+    from efficientdet_graph.cli.main import main
+
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "run"
+    assert main(["train", "micro", "--data", str(syn), "--out", str(out), "--epochs", "1"]) == 2
+    assert str(out) in capsys.readouterr().err
+
+
+def test_sigterm_finishes_the_step_saves_and_exits(syn, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".last.pt.stale123").write_bytes(b"half a checkpoint")
+    proc = subprocess.Popen([sys.executable, "-m", "efficientdet_graph", "train", "micro", "--data", str(syn),
+                             "--batch-size", "4", "--epochs", "50", "--eval-every", "99", "--log-every", "1",
+                             "--quiet", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        log = out / "metrics.jsonl"
+        if log.exists() and log.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    assert not (out / ".last.pt.stale123").exists()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    from efficientdet_graph.model.checkpoint import read_checkpoint
+
+    state = read_checkpoint(out / "last.pt")["train_state"]
+    assert state["step"] >= 2
 
 
 def test_evaluation_failure_keeps_the_epoch_checkpoint(syn, tmp_path, monkeypatch):

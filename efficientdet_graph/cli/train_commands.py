@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -108,6 +109,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"done: {summary['step']} steps; val mAP@[.5:.95] {summary['map']:.3f}, mAP@0.5 {summary['map50']:.3f}")
     written = "  ".join(f"{k}: {summary[k]}" for k in ("checkpoint", "curves") if k in summary)
     print(written or "no checkpoint written")
+    if "interrupted" in summary:
+        print(f"stopped by {summary['interrupted']} after step {summary['stopped_at_step']}; saved "
+              f"{summary.get('checkpoint', '(nothing)')}; continue with --resume", file=sys.stderr)
+        return 128 + int(getattr(signal, summary["interrupted"]))
     return 0
 
 

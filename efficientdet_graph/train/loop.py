@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 import math
 import os
+import shutil
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -128,11 +131,22 @@ def _lr_lambda(total: int, warmup: int):
 def train(cfg: TrainConfig) -> dict:
     """Train, evaluate every ``eval_every`` epochs, checkpoint every epoch; returns a summary."""
     started = not dist.is_initialized()
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (how schedulers preempt) and SIGINT: finish the step, save, stop
+        _STOP.clear()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            handlers[sig] = signal.signal(sig, lambda signum, frame: _STOP.append(signum))
     try:
         return _train(cfg)
     finally:
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
         if started and dist.is_initialized():
             dist.destroy_process_group()
+
+
+_STOP: list[int] = []  # signals received during training
 
 
 def _train(cfg: TrainConfig) -> dict:
@@ -146,7 +160,15 @@ def _train(cfg: TrainConfig) -> dict:
         raise EdgError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
     out = Path(cfg.out)
     if main:  # only rank 0 writes the synthetic set; the others wait, then find it
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / ".edg-write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise EdgError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+        for stale in out.glob(".last.pt.*"):  # temp files of a save that a kill interrupted
+            stale.unlink(missing_ok=True)
         root = _data_paths(cfg)
     if world > 1:
         dist.barrier()
@@ -248,7 +270,7 @@ def _train(cfg: TrainConfig) -> dict:
         t0, seen, epoch_loss = time.perf_counter(), 0, 0.0
         # a run saved mid-epoch (by --max-steps) goes on with that epoch's next batch
         for i in range(step - epoch * steps_per_epoch if step > epoch * steps_per_epoch else 0, steps_per_epoch):
-            if cfg.max_steps is not None and step >= cfg.max_steps:
+            if (cfg.max_steps is not None and step >= cfg.max_steps) or _STOP:
                 break
             batch = order[i * cfg.batch_size:(i + 1) * cfg.batch_size][rank * per_rank:(rank + 1) * per_rank]
             samples = [train_set[j, cfg.seed * 7_919_993 + epoch * 100_003 + j] for j in batch]
@@ -290,9 +312,11 @@ def _train(cfg: TrainConfig) -> dict:
                           box_weighted=loss_fn.cfg.box_weight * report[2].item(), lr=sched.get_last_lr()[0],
                           img_per_s=speed)
         bar.close()
-        done = cfg.max_steps is not None and step >= cfg.max_steps and step < (epoch + 1) * steps_per_epoch
+        done = ((cfg.max_steps is not None and step >= cfg.max_steps) or _STOP) and step < (epoch + 1) * steps_per_epoch
         if done:
             summary["stopped_at_step"] = step
+            if _STOP:
+                summary["interrupted"] = signal.Signals(_STOP[0]).name
             if main:  # a stopped run keeps what it trained; --resume goes on mid-epoch
                 _save(ckpt_path, model, ema, opt, sched, epoch, step, cfg)
                 plot_curves(log.read(), out / "curves.png")
@@ -311,8 +335,13 @@ def _train(cfg: TrainConfig) -> dict:
         if main:
             log.write(**record)
             plot_curves(log.read(), out / "curves.png")
+        if _STOP:
+            summary.update(stopped_at_step=step, interrupted=signal.Signals(_STOP[0]).name)
+            break
         if world > 1:
             dist.barrier()
+    if main and resumed is not None and start_epoch >= cfg.epochs and log.path.exists():
+        plot_curves(log.read(), out / "curves.png")  # a kill may have come between the last save and the plot
     summary.update(step=step, **last_eval)
     if main:  # only files this run wrote (or a resumed one before it)
         for key, path in (("checkpoint", ckpt_path), ("curves", out / "curves.png")):
@@ -322,6 +351,21 @@ def _train(cfg: TrainConfig) -> dict:
 
 
 def _save(path: Path, model: EfficientDet, ema: _Ema, opt, sched, epoch: int, step: int, cfg: TrainConfig) -> None:
+    try:
+        _save_unchecked(path, model, ema, opt, sched, epoch, step, cfg)
+    except (OSError, RuntimeError) as e:  # a full disk shows up as torch's "inline_container" RuntimeError
+        free = ""
+        try:
+            free = f"; {shutil.disk_usage(path.parent).free // 2**20} MiB free on that disk"
+        except OSError:
+            pass
+        why = getattr(e, "strerror", None) or str(e).splitlines()[0][:200]
+        raise EdgError(f"{path}: could not save the checkpoint ({why}{free}); the previous one, if any, "
+                       "is unchanged") from None
+
+
+def _save_unchecked(path: Path, model: EfficientDet, ema: _Ema, opt, sched, epoch: int, step: int,
+                    cfg: TrainConfig) -> None:
     plain = model.module if hasattr(model, "module") else model
     save_atomic({
         "format": FORMAT,
