@@ -559,3 +559,38 @@ def test_evaluation_failure_keeps_the_epoch_checkpoint(syn, tmp_path, monkeypatc
     with pytest.raises(KeyError):
         train(TrainConfig(model="micro", data=str(syn), out=str(out), epochs=1, batch_size=4, quiet=True))
     assert (out / "last.pt").exists()
+
+
+def test_resume_takes_an_explicit_new_lr(syn, tmp_path):
+    from efficientdet_graph.model.checkpoint import read_checkpoint
+    from efficientdet_graph.train.loop import TrainConfig, train
+
+    cfg = dict(model="micro", data=str(syn), out=str(tmp_path / "run"), epochs=2, batch_size=4, quiet=True,
+               eval_every=99, optimizer="adamw")
+    train(TrainConfig(**cfg, lr=1e-3, max_steps=1))
+    train(TrainConfig(**cfg, lr=1e-7, max_steps=2, resume=True))
+    groups = read_checkpoint(tmp_path / "run/last.pt")["train_state"]["optimizer"]["param_groups"]
+    assert all(g["initial_lr"] == 1e-7 and g["lr"] <= 1e-7 for g in groups)
+
+
+def test_exploded_weights_are_not_saved(syn, tmp_path):
+    from efficientdet_graph.train import loop
+    from efficientdet_graph.train.loop import TrainConfig, TrainingDiverged, train
+
+    real_step = torch.optim.AdamW.step
+
+    def exploding(self, *a, **k):
+        out = real_step(self, *a, **k)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].mul_(1e12)  # finite, and absurd
+        return out
+
+    out = tmp_path / "run"
+    torch.optim.AdamW.step = exploding
+    try:
+        with pytest.raises(TrainingDiverged, match="exploded"):
+            train(TrainConfig(model="micro", data=str(syn), out=str(out), epochs=1, batch_size=4, quiet=True,
+                              eval_every=99, optimizer="adamw", max_steps=1))
+    finally:
+        torch.optim.AdamW.step = real_step
+    assert not (out / "last.pt").exists() and loop.MAX_SANE_WEIGHT < 1e12

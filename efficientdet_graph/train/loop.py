@@ -243,8 +243,15 @@ def _train(cfg: TrainConfig) -> dict:
                                   f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
         if main:
             print(f"resumed from {ckpt_path}: epoch {start_epoch}, step {step}")
-            if cfg.lr is not None and cfg.lr != state.get("config", {}).get("lr"):
-                print("note: a resumed run keeps its saved learning-rate schedule; --lr is ignored")
+        was_lr = state.get("config", {}).get("lr")
+        if cfg.lr is not None and cfg.lr != was_lr:
+            # asked for explicitly (e.g. after a divergence): the same schedule from a new peak
+            sched.base_lrs = [cfg.lr for _ in opt.param_groups]
+            for group in opt.param_groups:
+                group["initial_lr"] = cfg.lr
+                group["lr"] = cfg.lr * sched.lr_lambdas[0](sched.last_epoch)
+            if main:
+                print(f"resumed with --lr {cfg.lr} (the run had {was_lr or 'the default'})")
     log = MetricsLog(out / "metrics.jsonl", enabled=main)
     if resumed is not None:
         log.truncate_after(step)
@@ -350,7 +357,17 @@ def _train(cfg: TrainConfig) -> dict:
     return summary
 
 
+MAX_SANE_WEIGHT = 1e6  # finite losses can hide exploded weights (1e18 passes isfinite)
+
+
 def _save(path: Path, model: EfficientDet, ema: _Ema, opt, sched, epoch: int, step: int, cfg: TrainConfig) -> None:
+    plain = model.module if hasattr(model, "module") else model
+    with torch.no_grad():
+        worst = max((p.detach().abs().max().item() for p in plain.parameters() if p.numel()), default=0.0)
+    if not math.isfinite(worst) or worst > MAX_SANE_WEIGHT:
+        raise TrainingDiverged(
+            f"the weights exploded (largest |w| = {worst:.3g}) by step {step}; not saved over the last good "
+            f"checkpoint {path if path.exists() else '(none yet)'}. Continue from it with --resume and a lower --lr")
     try:
         _save_unchecked(path, model, ema, opt, sched, epoch, step, cfg)
     except (OSError, RuntimeError) as e:  # a full disk shows up as torch's "inline_container" RuntimeError
