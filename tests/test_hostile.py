@@ -594,3 +594,16 @@ def test_exploded_weights_are_not_saved(syn, tmp_path):
     finally:
         torch.optim.AdamW.step = real_step
     assert not (out / "last.pt").exists() and loop.MAX_SANE_WEIGHT < 1e12
+
+
+def test_save_every_writes_mid_epoch_checkpoints(syn, tmp_path, monkeypatch):
+    from efficientdet_graph.train import loop
+
+    saved = []
+    real = loop._save
+    monkeypatch.setattr(loop, "_save", lambda path, *a: (saved.append(a[5]), real(path, *a)))
+    from efficientdet_graph.cli.main import main
+
+    assert main(["train", "micro", "--data", str(syn), "--batch-size", "4", "--epochs", "1", "--eval-every", "99",
+                 "--quiet", "--save-every", "2", "--out", str(tmp_path / "run")]) == 0
+    assert saved == [2, 4, 6]  # 6 steps: every 2nd, the last one being the epoch's own save

@@ -70,6 +70,8 @@ def _train_args(p: argparse.ArgumentParser, default_out: str = "runs/train") -> 
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (torchrun)")
     p.add_argument("--eval-every", type=bounded(int, 1, 100_000), default=1)
     p.add_argument("--max-steps", type=bounded(int, 1, 10**9), default=None, help="stop after this many steps (testing)")
+    p.add_argument("--save-every", type=bounded(int, 1, 10**9), default=None, metavar="STEPS",
+                   help="also save last.pt every STEPS steps, so a long epoch is not lost whole (default: per epoch)")
     p.add_argument("--log-every", type=bounded(int, 1, 10**9), default=10, help="steps between metrics lines")
     p.add_argument("--synthetic-train", type=bounded(int, 1, 1_000_000), default=512)
     p.add_argument("--synthetic-val", type=bounded(int, 0, 1_000_000), default=128)
@@ -83,7 +85,7 @@ def _config(args: argparse.Namespace, **override):
         model=args.model, data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, optimizer=args.optimizer, device=args.device, seed=args.seed, image_size=args.image_size,
         graph=args.graph, resume=args.resume, freeze_bn=args.freeze_bn, sync_bn=args.sync_bn,
-        eval_every=args.eval_every, max_steps=args.max_steps, synthetic_train=args.synthetic_train,
+        eval_every=args.eval_every, max_steps=args.max_steps, save_every=args.save_every, synthetic_train=args.synthetic_train,
         synthetic_val=args.synthetic_val, quiet=args.quiet, log_every=args.log_every,
     )
     return TrainConfig(**{**fields, **override})

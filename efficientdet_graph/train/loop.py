@@ -57,6 +57,7 @@ class TrainConfig:
     eval_every: int = 1
     log_every: int = 10
     max_steps: int | None = None
+    save_every: int | None = None  # steps between mid-epoch checkpoints (besides one per epoch)
     synthetic_train: int = 512
     synthetic_val: int = 128
     synthetic_classes: int = 3
@@ -309,6 +310,8 @@ def _train(cfg: TrainConfig) -> dict:
             sched.step()
             step += 1
             ema.update(model, step)
+            if main and cfg.save_every and step % cfg.save_every == 0 and i < steps_per_epoch - 1:
+                _save(ckpt_path, model, ema, opt, sched, epoch, step, cfg)  # --resume goes on mid-epoch
             seen += images.shape[0] * world
             value = report[0].item()
             epoch_loss += value
