@@ -149,8 +149,8 @@ nodes:
   - {id: n_to, level: 3, inputs: [P3_in, to]}
   - {id: _x, level: 4, inputs: [P4_in, n_to]}
   - {id: n__x, level: 4, inputs: [P4_in, _x]}
-  - {id: graph, level: 3, inputs: [n_to, n__x]}
-outputs: {3: graph, 4: n__x}
+  - {id: meta, level: 3, inputs: [n_to, n__x]}
+outputs: {3: meta, 4: n__x}
 """
 
 

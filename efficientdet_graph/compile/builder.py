@@ -28,7 +28,8 @@ __all__ = ["compile_graph", "module_name"]
 # Attribute names a node's module must not take: those of the module classes it
 # lives in (``training``, ``graph``, ``code``...), Python keywords, and names made
 # up by this file.
-_RESERVED = set(dir(fx.GraphModule)) | set(dir(nn.Module())) | {"out_adapters", "edges", "fuse", "op"}
+_RESERVED = (set(dir(fx.GraphModule)) | set(dir(nn.Module())) | set(vars(fx.GraphModule(nn.Module(), fx.Graph())))
+             | {"meta", "graph", "code", "out_adapters", "edges", "fuse", "op"})
 
 
 def module_name(node: str) -> str:
