@@ -240,7 +240,8 @@ def _patched(module, name, value):
 
 
 def _located(e: SpecError) -> bool:
-    return bool(e.problems) and all(LOCATED.match(line) for line in str(e).splitlines() if line)
+    # problems are joined by "\n" (splitlines() would also split at a U+2028 a message quotes)
+    return bool(e.problems) and all(LOCATED.match(line) for line in str(e).split("\n") if line)
 
 
 def _prepare(folder: Path) -> None:

@@ -59,7 +59,7 @@ def _train_args(p: argparse.ArgumentParser, default_out: str = "runs/train") -> 
     p.add_argument("--out", default=default_out)
     p.add_argument("--epochs", type=bounded(int, 1, 100_000), default=10)
     p.add_argument("--batch-size", type=bounded(int, 1, 4096), default=16, help="global batch (split across processes)")
-    p.add_argument("--lr", type=bounded(float, 0, 100, lo_open=True), default=None)
+    p.add_argument("--lr", type=bounded(float, 0, 1e30, lo_open=True), default=None)
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=bounded(int, 0, 2**31 - 1), default=0)
