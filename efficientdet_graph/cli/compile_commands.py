@@ -8,6 +8,8 @@ import time
 
 from ..errors import EdgError
 
+from ._args import bounded
+
 __all__ = ["register"]
 
 
@@ -30,11 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("graph", metavar="NAME_OR_PATH")
-    p.add_argument("--channels", type=int, default=None, help="width of every node (default 64)")
+    p.add_argument("--channels", type=bounded(int, 1, 8192), default=None, help="width of every node (default 64)")
     p.add_argument("--in-channels", default=None, metavar="C[,C...]",
                    help="channels of the inputs, one number or one per level from the lowest "
                         "(e.g. 40,112,320 for EfficientNet-B0 P3-P5; missing levels get --channels)")
-    p.add_argument("--input-size", type=int, default=None, metavar="PIXELS",
+    p.add_argument("--input-size", type=bounded(int, 1, 8192), default=None, metavar="PIXELS",
                    help="image size; prints the output shapes (inferred, no tensors run)")
     p.add_argument("--padding", choices=("same", "symmetric"), default="same",
                    help="pool/stride padding: TF 'same' (official) or PyTorch 'symmetric' (effdet)")

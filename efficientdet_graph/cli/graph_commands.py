@@ -8,18 +8,20 @@ import sys
 from pathlib import Path
 
 from .._io import atomic_write_text
-from ..errors import PassError, SpecError
+from ..errors import EdgError, PassError, SpecError
 from ..graph import build_graph, canonical_hash, describe_difference, graph_to_yaml, is_input, same_structure
 from ..graph.topologies import GENERATORS, generate
 from ..passes import load_graph, parse_pass_arg, run_passes
 from ..spec import GraphSpec
 from ..spec.builtin import builtin_dir, builtin_names
 
+from ._args import bounded
+
 __all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("validate", help="check graph specs; exit 2 on any error")
+    p = sub.add_parser("validate", help="check graph and model specs (the kind is told by the keys); exit 2 on any error")
     p.add_argument("paths", nargs="+", metavar="NAME_OR_PATH")
     p.set_defaults(handler=cmd_validate)
 
@@ -57,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("tour", help="a short tour: built-ins, BiFPN from PANet, compile, count, train briefly")
     p.add_argument("--out", default="runs/tour", help="folder for figures and the training run (default runs/tour)")
-    p.add_argument("--train-epochs", type=int, default=4, help="epochs of the short training run (0: skip)")
+    p.add_argument("--train-epochs", type=bounded(int, 0, 1000), default=4, help="epochs of the short training run (0: skip)")
     p.set_defaults(handler=cmd_tour)
 
 
@@ -83,16 +85,50 @@ def _count(g) -> tuple[int, int]:
     return sum(1 for v in g if not is_input(g, v)), g.number_of_edges()
 
 
+def _is_model_spec(ref: str) -> bool:
+    """Whether ``ref`` names a model spec: a built-in one, or a file whose top-level
+    keys are a model spec's (``graph``, ``phi``, ``backbone``...) and not a graph's."""
+    from ..spec import ModelSpec
+    from ..spec.builtin import looks_like_path
+    from ..spec.loader import read_limited
+    from ..spec.source import parse_yaml
+
+    if not looks_like_path(ref):
+        return ref in builtin_names("specs") and ref not in builtin_names("graphs")
+    try:
+        data, _, _ = parse_yaml(read_limited(ref), ref)
+    except SpecError:
+        return False  # reported when read as a graph spec
+    if not isinstance(data, dict):
+        return False
+    keys = {k for k in data if isinstance(k, str)}
+    model_only = set(ModelSpec.model_fields) - set(GraphSpec.model_fields)
+    graph_only = set(GraphSpec.model_fields) - set(ModelSpec.model_fields) | {"from"}
+    return bool(keys & model_only) and not keys & graph_only
+
+
+def _validate_model(ref: str) -> str:
+    from ..model.build import check_model, load_model_spec
+
+    spec, src, path = load_model_spec(ref)
+    resolved, g = check_model(spec, src, path.parent)
+    return (f"ok  {ref}: model {spec.name}, graph {spec.graph} ({_count(g)[0]} nodes), "
+            f"{resolved.fpn_channels} channels, {resolved.image_size} px, backbone {resolved.backbone.name}")
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     failed = 0
     for ref in args.paths:
         try:
+            if _is_model_spec(ref):
+                print(_validate_model(ref))
+                continue
             g = load_graph(ref)
         except SpecError as e:
             print(e, file=sys.stderr)
             failed += 1
             continue
-        except (PassError, LookupError) as e:
+        except EdgError as e:
             print(f"{ref}: {e}", file=sys.stderr)
             failed += 1
             continue
@@ -148,8 +184,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from .. import viz
 
+    suffix = Path(args.output).suffix.lower() if args.output else ""
+    if args.output and suffix not in (".png", ".svg", ".txt", ".md", ".mmd", ".dot", ".gv", ".yaml", ".yml"):
+        raise PassError(f"-o {args.output}: unknown extension {suffix or '(none)'!r}; use .png or .svg to draw, "
+                        ".txt, .md/.mmd, .dot/.gv or .yaml/.yml for --format text, mermaid, dot or yaml")
     g = load_graph(args.graph)
-    if args.output and Path(args.output).suffix.lower() in (".png", ".svg"):
+    if args.output and suffix in (".png", ".svg"):
         viz.draw(g, args.output)
         print(f"wrote {args.output}", file=sys.stderr)
         return 0

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from ..errors import EdgError
 
+from ._args import bounded
+
 __all__ = ["register"]
 
 
@@ -21,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="parameters and FLOPs per component and graph node")
     p.add_argument("model", nargs="?", metavar="MODEL", help="built-in model name, spec file or checkpoint")
     p.add_argument("--family", choices=("efficientdet",), help="D0-D7x beside the official counts")
-    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--image-size", type=bounded(int, 1, 8192), default=None)
     p.add_argument("--json", action="store_true")
     p.add_argument("--fvcore", action="store_true", help="also count with fvcore, the reference (builds and runs the model for real)")
     p.add_argument("--latency", action="store_true",
@@ -54,14 +56,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--padding", choices=("same", "symmetric"), default=None,
                    help="with --model: pooling padding, keeping the spec's backbone "
                         "(effdet's efficientdet_d4/d5: same)")
-    p.add_argument("--num-classes", type=int, default=None, help="default: read from the checkpoint")
+    p.add_argument("--num-classes", type=bounded(int, 1, 10_000), default=None, help="default: read from the checkpoint")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(handler=cmd_convert)
 
     p = sub.add_parser("prune", help="shrink the feature network's width with torch-pruning")
     p.add_argument("model", metavar="MODEL", help="built-in model name, spec file or checkpoint")
-    p.add_argument("--ratio", type=float, required=True)
-    p.add_argument("--image-size", type=int, default=None, help="size used to trace and count (default min(spec, 256))")
+    p.add_argument("--ratio", type=bounded(float, 0, 1, lo_open=True, hi_open=True), required=True)
+    p.add_argument("--image-size", type=bounded(int, 1, 8192), default=None, help="size used to trace and count (default min(spec, 256))")
     p.add_argument("-o", "--output", default=None, help="write the pruned checkpoint here")
     p.set_defaults(handler=cmd_prune)
 

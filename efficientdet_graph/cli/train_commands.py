@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
+
+from ._args import bounded
 
 __all__ = ["register"]
 
@@ -14,11 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="make the built-in synthetic data set (COCO format)")
     p.add_argument("kind", choices=("synthetic",))
     p.add_argument("--out", required=True)
-    p.add_argument("--train", type=int, default=512)
-    p.add_argument("--val", type=int, default=128)
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--classes", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", type=bounded(int, 1, 1_000_000), default=512)
+    p.add_argument("--val", type=bounded(int, 0, 1_000_000), default=128)
+    p.add_argument("--size", type=bounded(int, 16, 8192), default=128)
+    p.add_argument("--classes", type=bounded(int, 1, 10_000), default=3)
+    p.add_argument("--seed", type=bounded(int, 0, 2**31 - 1), default=0)
     p.set_defaults(handler=cmd_data)
 
     p = sub.add_parser("train", help="train a model spec on COCO-format or synthetic data")
@@ -35,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--data", required=True, help="data folder (DIR/val/annotations.json + images)")
     p.add_argument("--split", default="val")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=bounded(int, 1, 4096), default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--results", default=None, help="write the predictions as COCO results JSON")
     p.add_argument("--json", action="store_true")
@@ -45,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint")
     p.add_argument("images", nargs="+")
     p.add_argument("-o", "--out", required=True, help="output folder")
-    p.add_argument("--score", type=float, default=0.3)
+    p.add_argument("--score", type=bounded(float, 0, 1), default=0.3)
     p.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("ablation", help="train several graphs at equal scale and compare them")
@@ -59,22 +62,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _train_args(p: argparse.ArgumentParser, default_out: str = "runs/train") -> None:
     p.add_argument("--data", default="synthetic", help="data folder, or 'synthetic' (made under OUT/data)")
     p.add_argument("--out", default=default_out)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=16, help="global batch (split across processes)")
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--epochs", type=bounded(int, 1, 100_000), default=10)
+    p.add_argument("--batch-size", type=bounded(int, 1, 4096), default=16, help="global batch (split across processes)")
+    p.add_argument("--lr", type=bounded(float, 0, 1e30, lo_open=True), default=None)
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--seed", type=bounded(int, 0, 2**31 - 1), default=0)
+    p.add_argument("--image-size", type=bounded(int, 32, 8192), default=None)
     p.add_argument("--graph", default=None, help="replace the spec's graph")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--freeze-bn", action="store_true")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (torchrun)")
-    p.add_argument("--eval-every", type=int, default=1)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (testing)")
-    p.add_argument("--log-every", type=int, default=10, help="steps between metrics lines")
-    p.add_argument("--synthetic-train", type=int, default=512)
-    p.add_argument("--synthetic-val", type=int, default=128)
+    p.add_argument("--eval-every", type=bounded(int, 1, 100_000), default=1)
+    p.add_argument("--max-steps", type=bounded(int, 1, 10**9), default=None, help="stop after this many steps (testing)")
+    p.add_argument("--save-every", type=bounded(int, 1, 10**9), default=None, metavar="STEPS",
+                   help="also save last.pt every STEPS steps, so a long epoch is not lost whole (default: per epoch)")
+    p.add_argument("--log-every", type=bounded(int, 1, 10**9), default=10, help="steps between metrics lines")
+    p.add_argument("--synthetic-train", type=bounded(int, 1, 1_000_000), default=512)
+    p.add_argument("--synthetic-val", type=bounded(int, 0, 1_000_000), default=128)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--results", default=None, metavar="FILE",
                    help="write the metrics, per-epoch curves, command, versions, date and machine to FILE (JSON; "
@@ -91,7 +96,7 @@ def _config(args: argparse.Namespace, **override):
         model=args.model, data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, optimizer=args.optimizer, device=args.device, seed=args.seed, image_size=args.image_size,
         graph=args.graph, resume=args.resume, freeze_bn=args.freeze_bn, sync_bn=args.sync_bn,
-        eval_every=args.eval_every, max_steps=args.max_steps, synthetic_train=args.synthetic_train,
+        eval_every=args.eval_every, max_steps=args.max_steps, save_every=args.save_every, synthetic_train=args.synthetic_train,
         synthetic_val=args.synthetic_val, quiet=args.quiet, log_every=args.log_every,
     )
     return TrainConfig(**{**fields, **override})
@@ -142,7 +147,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"results: {path}")
     if "map50" in summary:
         print(f"done: {summary['step']} steps; val mAP@[.5:.95] {summary['map']:.3f}, mAP@0.5 {summary['map50']:.3f}")
-    print(f"checkpoint: {summary.get('checkpoint')}  curves: {summary.get('curves')}")
+    written = "  ".join(f"{k}: {summary[k]}" for k in ("checkpoint", "curves") if k in summary)
+    print(written or "no checkpoint written")
+    if "interrupted" in summary:
+        print(f"stopped by {summary['interrupted']} after step {summary['stopped_at_step']}; saved "
+              f"{summary.get('checkpoint', '(nothing)')}; continue with --resume", file=sys.stderr)
+        return 128 + int(getattr(signal, summary["interrupted"]))
     return _report(checked)
 
 

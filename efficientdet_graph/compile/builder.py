@@ -8,6 +8,7 @@ its edge from ``P7_in`` under ``P6_td.edges.P7_in.``.
 
 from __future__ import annotations
 
+import keyword
 import os
 from typing import Mapping
 
@@ -24,12 +25,24 @@ from .shapes import channels_by_level
 
 __all__ = ["compile_graph", "module_name"]
 
-_RESERVED = set(dir(nn.Module()))
+# Attribute names a node's module must not take: those of the module classes it
+# lives in (``training``, ``graph``, ``code``...), Python keywords, and names made
+# up by this file.
+_RESERVED = (set(dir(fx.GraphModule)) | set(dir(nn.Module())) | set(vars(fx.GraphModule(nn.Module(), fx.Graph())))
+             | {"meta", "graph", "code", "out_adapters", "edges", "fuse", "op"})
 
 
 def module_name(node: str) -> str:
-    """The attribute a node's (or edge source's) module lives under."""
-    return f"n_{node}" if node in _RESERVED or node.startswith("_") else node
+    """The attribute a node's (or edge source's) module lives under.
+
+    Any node id maps to a safe, distinct attribute: ids that are keywords, taken
+    by ``nn.Module``, private, or already start with ``n_`` get an ``n_`` prefix.
+    Since every prefixed name starts with ``n_`` and no unprefixed one does, two
+    ids never share an attribute (``to`` -> ``n_to``, ``n_to`` -> ``n_n_to``).
+    """
+    if node.startswith(("_", "n_")) or node in _RESERVED or keyword.iskeyword(node) or not node.isidentifier():
+        return f"n_{node}"
+    return node
 
 
 class NodeBlock(nn.Module):

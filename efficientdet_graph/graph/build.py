@@ -36,6 +36,7 @@ def build_graph(spec: GraphSpec, source: SourceMap | None = None) -> nx.DiGraph:
 def check_spec(spec: GraphSpec, src: SourceMap) -> tuple[nx.DiGraph | None, list[Problem]]:
     """Build the IR and collect all structural problems (the graph is None if any)."""
     problems: list[Problem] = []
+    hints = [MAX_HINTS]
 
     def bad(path: tuple, message: str, key: bool = False) -> None:
         problems.append(src.problem(path, message, key=key))
@@ -102,11 +103,11 @@ def check_spec(spec: GraphSpec, src: SourceMap) -> tuple[nx.DiGraph | None, list
         src_path = path + (("src",) if path[0] == "edges" or opts or _is_ref(spec, path) else ())
         ok = True
         if dst not in g or g.nodes[dst]["role"] == "input":
-            what = "a graph input cannot take inputs" if dst in g else _unknown(dst, g)
+            what = "a graph input cannot take inputs" if dst in g else _unknown(dst, g, hints)
             bad(path + ("dst",), f"edge destination: {what}")
             ok = False
         if src_name not in g:
-            bad(src_path, f"input of {dst!r}: {_unknown(src_name, g)}")
+            bad(src_path, f"input of {dst!r}: {_unknown(src_name, g, hints)}")
             ok = False
         if not ok:
             continue
@@ -126,7 +127,7 @@ def check_spec(spec: GraphSpec, src: SourceMap) -> tuple[nx.DiGraph | None, list
             bad(path, f"output level {level} is outside the input levels [{lo}, {hi}]", key=True)
             continue
         if name not in g:
-            bad(path, f"output P{level}: {_unknown(name, g)}")
+            bad(path, f"output P{level}: {_unknown(name, g, hints)}")
             continue
         if g.nodes[name]["level"] != level:
             bad(path, f"output P{level} is node {name!r}, which is at level {g.nodes[name]['level']}")
@@ -179,8 +180,14 @@ def _edge_opts(ref) -> dict:
     return {k: getattr(ref, k) for k in EDGE_OPTIONS if getattr(ref, k) is not None}
 
 
-def _unknown(name: str, g: nx.DiGraph) -> str:
-    hint = close_match(name, list(g.nodes))
+# Close-match hints cost O(nodes) each; a spec with thousands of unknown names
+# must not cost minutes of CPU, so only the first few get one.
+MAX_HINTS = 20
+
+
+def _unknown(name: str, g: nx.DiGraph, budget: list[int]) -> str:
+    budget[0] -= 1
+    hint = close_match(name, list(g.nodes)) if budget[0] >= 0 else None
     return f"unknown node {name!r}" + (f" (did you mean {hint!r}?)" if hint else "")
 
 

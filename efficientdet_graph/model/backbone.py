@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 
 import torch
@@ -17,7 +18,14 @@ def create_body(name: str, pretrained: bool = False, drop_path_rate: float = 0.0
     import timm
 
     if not timm.is_model(name):
-        raise RegistryError("timm backbone", name, timm.list_models())
+        known = timm.list_models()
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+        err = RegistryError("timm backbone", name, close)
+        # timm knows ~1,500 models: name the close ones, not all of them.
+        err.args = (f"unknown timm backbone {name!r}"
+                    + (f" (close matches: {', '.join(close)})" if close else "")
+                    + f"; timm has {len(known)} models, `timm.list_models('{name[:3]}*')` lists some",)
+        raise err
     kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
     try:
         return timm.create_model(name, features_only=True, pretrained=pretrained, **kwargs)

@@ -11,19 +11,19 @@ import torch
 from torch import nn
 
 from ..compile import compile_graph, level_size
-from ..graph import unroll
+from ..graph import is_input, unroll
 from ..errors import EdgError, Problem, RegistryError, SpecError, close_match
 from ..ops import CompileOptions
 from ..passes import load_graph
 from ..scale import resolve
-from ..spec import ModelSpec, SourceMap, known_names, read_spec
+from ..spec import FUSION_ARITY, ModelSpec, SourceMap, known_names, read_spec
 from ..spec.builtin import builtin_names, resolve_ref
 from .adapter import InputAdapter
 from .anchors import Anchors, postprocess
 from .backbone import Backbone
 from .heads import Head
 
-__all__ = ["EfficientDet", "load_model_spec", "build_model", "create_model", "feature_graph", "model_graph"]
+__all__ = ["EfficientDet", "load_model_spec", "check_model", "build_model", "create_model", "feature_graph", "model_graph"]
 
 
 def feature_graph(spec: ModelSpec, graph: nx.DiGraph) -> nx.DiGraph:
@@ -100,11 +100,18 @@ def load_model_spec(ref: str | os.PathLike) -> tuple[ModelSpec, SourceMap, Path]
 def model_graph(spec: ModelSpec, src: SourceMap | None = None, base: Path | None = None) -> nx.DiGraph:
     """The feature graph a model spec names, checked against the spec."""
     src = src or SourceMap(f"<{spec.name}>")
-    try:
-        graph = load_graph(resolve_ref(spec.graph, "graphs", base))
-    except RegistryError as e:
-        raise SpecError([src.problem(("graph",), str(e))]) from None
+    graph = load_graph(spec.graph, relative_to=base, named_by=(src, ("graph",)))
     problems: list[Problem] = []
+    if spec.fusion is not None and spec.fusion in FUSION_ARITY:
+        # the spec's fusion replaces the graph's default: every node that keeps the
+        # default and fuses several inputs must take exactly the fusion's number
+        arity = FUSION_ARITY[spec.fusion]
+        bad = sorted(v for v in graph if not is_input(graph, v) and graph.nodes[v].get("fusion") is None
+                     and graph.in_degree(v) > 1 and graph.in_degree(v) != arity)
+        if bad:
+            problems.append(src.problem(("fusion",), f"fusion {spec.fusion!r} takes exactly {arity} inputs, but "
+                                        f"graph {spec.graph!r} has {len(bad)} node(s) with another number: "
+                                        f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"))
     if spec.levels is not None and tuple(spec.levels) != tuple(graph.graph["levels"]):
         problems.append(src.problem(("levels",), f"levels {list(spec.levels)} differ from graph "
                                     f"{spec.graph!r}'s levels {list(graph.graph['levels'])}"))
@@ -117,12 +124,34 @@ def model_graph(spec: ModelSpec, src: SourceMap | None = None, base: Path | None
     return graph
 
 
+def check_model(spec: ModelSpec, src: SourceMap | None = None, base: Path | None = None,
+                graph: nx.DiGraph | None = None) -> tuple[ModelSpec, nx.DiGraph]:
+    """The resolved spec and its graph, or a SpecError located in the spec's file:
+    everything that can be checked without building a module (the backbone's name
+    included) is checked here, so a spec that passes builds."""
+    given = spec
+    spec = resolve(spec)
+    where = src or SourceMap(f"<{spec.name}>")
+    if spec.head_channels != spec.fpn_channels:
+        key = "head_channels" if "head_channels" in given.model_fields_set else "fpn_channels"
+        raise SpecError([where.problem((key,), f"head_channels {spec.head_channels} must equal fpn_channels "
+                                       f"{spec.fpn_channels} (the heads read the pyramid)")])
+    if graph is None:
+        graph = model_graph(spec, where, base)
+    import timm
+
+    if not timm.is_model(spec.backbone.name):
+        try:
+            Backbone(spec.backbone.name, range(0, 1))
+        except RegistryError as e:
+            raise SpecError([where.problem(("backbone", "name"), str(e))]) from None
+    return spec, graph
+
+
 def build_model(spec: ModelSpec, src: SourceMap | None = None, base: Path | None = None,
                 pretrained_backbone: bool = False, graph: nx.DiGraph | None = None) -> EfficientDet:
     """The detector a spec describes; ``graph`` replaces the one the spec names."""
-    spec = resolve(spec)
-    if graph is None:
-        graph = model_graph(spec, src, base)
+    spec, graph = check_model(spec, src, base, graph)
     try:
         return EfficientDet(spec, graph, pretrained_backbone)
     except RegistryError as e:

@@ -9,21 +9,37 @@ import networkx as nx
 
 from ..errors import EdgError, SpecError
 from ..graph import check_spec
-from ..spec import read_spec
+from ..spec import SourceMap, read_spec
 from ..spec.builtin import resolve_ref
 from .pipeline import run_pass
 
 __all__ = ["load_graph"]
 
 
-def load_graph(ref: str | os.PathLike) -> nx.DiGraph:
-    """The IR of a built-in graph name or a spec file; SpecError lists every problem."""
-    return _load(ref, None, ())
+def load_graph(
+    ref: str | os.PathLike,
+    *,
+    relative_to: Path | None = None,
+    named_by: tuple[SourceMap, tuple] | None = None,
+) -> nx.DiGraph:
+    """The IR of a built-in graph name or a spec file; SpecError lists every problem.
+
+    ``relative_to`` and ``named_by`` are for a graph named inside another spec: a
+    relative path is taken from that spec's folder, and a file that is missing or
+    not a graph spec is reported at the naming key (its ``SourceMap`` and path).
+    """
+    return _load(ref, relative_to, (), named_by)
 
 
-def _load(ref, relative_to: Path | None, chain: tuple[Path, ...]) -> nx.DiGraph:
-    path = resolve_ref(ref, "graphs", relative_to)
-    reading = read_spec(path)
+def _load(ref, relative_to: Path | None, chain: tuple[Path, ...],
+          named_by: tuple[SourceMap, tuple] | None = None) -> nx.DiGraph:
+    try:
+        path = resolve_ref(ref, "graphs", relative_to)
+    except EdgError as e:
+        if named_by is None:
+            raise
+        raise SpecError([named_by[0].problem(named_by[1], str(e))]) from None
+    reading = read_spec(path, named_by=named_by)
     spec, src = reading.spec, reading.source
     if spec is None:
         raise SpecError(reading.problems)
@@ -42,7 +58,7 @@ def _load(ref, relative_to: Path | None, chain: tuple[Path, ...]) -> nx.DiGraph:
         names = " -> ".join(str(p.name) for p in chain + (me,))
         raise SpecError([src.problem(("derive", "from"), f"derivation cycle: {names}")])
     try:
-        g = _load(spec.derive.from_, path.parent, chain + (me,))
+        g = _load(spec.derive.from_, path.parent, chain + (me,), (src, ("derive", "from")))
     except SpecError:
         raise  # the base's own problems, located in the base's file
     except EdgError as e:

@@ -120,7 +120,6 @@ def compare_study(study: optuna.Study, cfg: StudyConfig, *, top: int = 3, seeds:
                              epochs=epochs)
 
     rows = []
-    best_graph = load_spec_graph(found[0].user_attrs["edg_graph"])
     rows.append({"graph": f"found (trial {found[0].number})", "repeat": found[0].user_attrs["edg_repeat"],
                  "channels": found[0].user_attrs["edg_channels"], "flops": int(target), "flops_diff_pct": 0.0,
                  "metric": found[0].user_attrs["edg_metric"], "source": "study"})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import RegistryError
+from ..errors import EdgError, RegistryError
 
 __all__ = ["builtin_dir", "builtin_names", "resolve_ref"]
 
@@ -29,20 +29,28 @@ def builtin_names(kind: str = "graphs") -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
-def looks_like_path(ref: str) -> bool:
-    return os.sep in ref or "/" in ref or ref.endswith((".yaml", ".yml")) or Path(ref).is_file()
+def looks_like_path(ref: str, relative_to: Path | None = None) -> bool:
+    if os.sep in ref or "/" in ref or ref.endswith((".yaml", ".yml")):
+        return True
+    folder = relative_to if relative_to is not None else Path(".")
+    try:
+        return (folder / ref).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def resolve_ref(ref: str | os.PathLike, kind: str = "graphs", relative_to: Path | None = None) -> Path:
-    """A file path for ``ref``: an existing path, a path relative to ``relative_to``,
-    or the name of a built-in."""
+    """A file path for ``ref``: the name of a built-in, or a path. A relative path is
+    relative to ``relative_to`` (the folder of the file that names it) when given,
+    so a spec means the same file wherever it is run from."""
     text = os.fspath(ref)
-    if looks_like_path(text):
+    if "\0" in text or len(text) > 4096:
+        raise EdgError(f"{text[:60]!r}{'...' if len(text) > 60 else ''}: not a usable file name "
+                       f"({'it holds a NUL byte' if chr(0) in text else 'longer than 4096 characters'})")
+    if looks_like_path(text, relative_to):
         path = Path(text)
-        if not path.is_absolute() and relative_to is not None and not path.exists():
-            candidate = relative_to / path
-            if candidate.exists():
-                return candidate
+        if not path.is_absolute() and relative_to is not None:
+            return relative_to / path
         return path
     if text in builtin_names(kind):
         return builtin_dir(kind) / f"{text}.yaml"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import typing
 from dataclasses import dataclass
 from pathlib import Path as FsPath
@@ -43,29 +44,105 @@ def load_spec_text(text: str | bytes, file: str = "<string>") -> tuple[GraphSpec
     return reading.raise_problems(), reading.source
 
 
-def read_spec(path: str | os.PathLike, model: type[BaseModel] = GraphSpec) -> SpecReading:
+def read_spec(
+    path: str | os.PathLike,
+    model: type[BaseModel] = GraphSpec,
+    *,
+    named_by: tuple[SourceMap, tuple] | None = None,
+) -> SpecReading:
     """Read the spec in ``path`` as a ``model`` (a graph spec unless told otherwise),
-    collecting problems instead of stopping at the first."""
-    p = FsPath(path)
+    collecting problems instead of stopping at the first.
+
+    ``named_by`` is the (source map, path) of the key that named this file in another
+    spec (``derive: {from: ...}``, ``graph: ...``): a file that cannot be read, or is
+    not a ``model`` at all, is then reported there in one line that never repeats the
+    file's content.
+    """
     name = str(path)
-    try:
-        size = p.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise SpecError.single(name, f"file is {size} bytes; the limit is {MAX_FILE_BYTES}")
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise SpecError.single(name, "no such file") from None
-    except IsADirectoryError:
-        raise SpecError.single(name, "is a directory, not a spec file") from None
-    except OSError as e:
-        raise SpecError.single(name, f"cannot read: {e.strerror}") from None
-    return read_spec_text(raw, name, model)
+
+    def refuse(message: str) -> SpecError:
+        if named_by is None:
+            return SpecError.single(name, message)
+        smap, where = named_by
+        return SpecError([smap.problem(where, f"{_shown(name)}: {message}")])
+
+    raw = read_limited(path, refuse)
+    data, smap, problems = parse_yaml(raw, name)
+    if named_by is not None and not _looks_like(data, model):
+        raise refuse(f"not a {_kind(model)} (a YAML mapping with keys such as {', '.join(_field_names(model)[:4])})")
+    spec, more = spec_from_data(data, smap, model)
+    return SpecReading(spec, smap, tuple(problems) + tuple(more))
 
 
 def read_spec_text(text: str | bytes, file: str = "<string>", model: type[BaseModel] = GraphSpec) -> SpecReading:
     data, smap, problems = parse_yaml(text, file)
     spec, more = spec_from_data(data, smap, model)
     return SpecReading(spec, smap, tuple(problems) + tuple(more))
+
+
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
+
+
+def check_path_text(text: str) -> str | None:
+    """Why ``text`` cannot be a file name on any system we run on, or None."""
+    if "\0" in text:
+        return "a file name cannot hold a NUL byte"
+    encoded = os.fsencode(text) if text.isascii() else text.encode("utf-8", "surrogateescape")
+    if len(encoded) > MAX_PATH_BYTES:
+        return f"path is {len(encoded)} bytes long; the limit is {MAX_PATH_BYTES}"
+    longest = max((len(part) for part in encoded.split(b"/")), default=0)
+    if longest > MAX_NAME_BYTES:
+        return f"a file name in this path is {longest} bytes long; the limit is {MAX_NAME_BYTES}"
+    return None
+
+
+def read_limited(path: str | os.PathLike, refuse: Any = None) -> bytes:
+    """The bytes of a regular file of at most MAX_FILE_BYTES; anything else is a
+    SpecError (device files, FIFOs and sockets are refused before they are opened,
+    and at most the limit is read, whatever the file claims its size is)."""
+    name = str(path)
+    refuse = refuse or (lambda message: SpecError.single(name, message))
+    why = check_path_text(os.fspath(path))
+    if why:
+        raise refuse(why)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise refuse("no such file") from None
+    except (OSError, ValueError) as e:
+        raise refuse(f"cannot read: {getattr(e, 'strerror', None) or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise refuse("is a directory, not a spec file")
+    if not stat.S_ISREG(st.st_mode):
+        raise refuse("not a regular file (a device, FIFO or socket); give a spec file")
+    if st.st_size > MAX_FILE_BYTES:
+        raise refuse(f"file is {st.st_size} bytes; the limit is {MAX_FILE_BYTES}")
+    try:
+        # O_NONBLOCK: should the file have turned into a FIFO since stat, open must not block.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise refuse("no such file") from None
+    except OSError as e:
+        raise refuse(f"cannot read: {e.strerror or e}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise refuse(f"file is larger than the limit of {MAX_FILE_BYTES} bytes")
+    return raw
+
+
+def _shown(name: str, limit: int = 80) -> str:
+    return name if len(name) <= limit else name[: limit // 2] + "..." + name[-limit // 2 :]
+
+
+def _kind(model: type[BaseModel]) -> str:
+    return {"GraphSpec": "graph spec", "ModelSpec": "model spec"}.get(model.__name__, model.__name__)
+
+
+def _looks_like(data: Any, model: type[BaseModel]) -> bool:
+    """Whether ``data`` is meant as a ``model``: a mapping using at least one of its keys."""
+    return isinstance(data, dict) and any(isinstance(k, str) and k in _field_names(model) for k in data)
 
 
 def spec_from_data(

@@ -15,10 +15,13 @@ import yaml
 
 from ..errors import Problem, SpecError
 
-__all__ = ["MAX_FILE_BYTES", "MAX_YAML_NODES", "Path", "SourceMap", "parse_yaml"]
+__all__ = ["MAX_FILE_BYTES", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "Path", "SourceMap", "parse_yaml"]
 
 MAX_FILE_BYTES = 1 << 20
 MAX_YAML_NODES = 200_000
+# Real specs nest 4-5 deep; PyYAML's composer recurses per level, so a few hundred
+# brackets would end in RecursionError instead of a located problem.
+MAX_YAML_DEPTH = 64
 
 Path = tuple[Any, ...]
 
@@ -56,6 +59,50 @@ def _pos(mark: yaml.Mark) -> tuple[int, int]:
     return (mark.line + 1, mark.column + 1)
 
 
+class _DepthError(Exception):
+    def __init__(self, mark: yaml.Mark):
+        self.mark = mark
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose composer refuses nesting deeper than MAX_YAML_DEPTH."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):  # noqa: ANN001 (PyYAML's signature)
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _DepthError(self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _line_col(text: str, index: int) -> tuple[int, int]:
+    line = text.count("\n", 0, index) + 1
+    return line, index - (text.rfind("\n", 0, index) + 1) + 1
+
+
+def _control_character(text: str, file: str) -> SpecError | None:
+    """A located problem for the first character YAML does not allow (NUL, ESC, DEL...)."""
+    m = yaml.reader.Reader.NON_PRINTABLE.search(text)
+    if m is None:
+        return None
+    return SpecError.single(
+        file, f"control character U+{ord(m.group()):04X} is not allowed in YAML (remove it)", *_line_col(text, m.start())
+    )
+
+
+def _scalar_error(e: Exception, tag: str) -> str:
+    """What a failing explicit tag (``!!int abc``) said, without PyYAML internals."""
+    if isinstance(e, yaml.YAMLError):
+        return str(getattr(e, "problem", None) or e)
+    return f"not a valid {_tag(tag)[2:] if tag.startswith('tag:yaml.org') else 'value'}"
+
+
 def parse_yaml(text: str | bytes, file: str = "<string>") -> tuple[Any, SourceMap, list[Problem]]:
     """Parse one YAML document safely.
 
@@ -75,9 +122,19 @@ def parse_yaml(text: str | bytes, file: str = "<string>") -> tuple[Any, SourceMa
     if not text.strip():
         raise SpecError.single(file, "file is empty; expected a mapping with keys such as name, levels, nodes, outputs")
 
-    loader = yaml.SafeLoader(text)
+    bad_char = _control_character(text, file)
+    if bad_char is not None:
+        raise bad_char
+    try:
+        loader = _Loader(text)
+    except yaml.YAMLError as e:  # the reader's own checks (BOMs, encodings)
+        raise SpecError.single(file, f"not valid YAML: {e}") from None
     try:
         root = loader.get_single_node()
+    except _DepthError as e:
+        raise SpecError.single(
+            file, f"nested more than {MAX_YAML_DEPTH} levels deep; a spec needs a handful", *_pos(e.mark)
+        ) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = _pos(mark) if mark else (1, 1)
@@ -119,8 +176,9 @@ def parse_yaml(text: str | bytes, file: str = "<string>") -> tuple[Any, SourceMa
                     continue
                 try:
                     key = loader.construct_object(knode)
-                except yaml.YAMLError as e:
-                    problems.append(Problem(file, *_pos(knode.start_mark), f"bad key: {getattr(e, 'problem', e)}"))
+                except Exception as e:  # noqa: BLE001 - any failing tag (!!float abc) is the user's
+                    problems.append(Problem(file, *_pos(knode.start_mark), f"bad key {_short(knode.value)} for tag "
+                                            f"{_tag(knode.tag)}: {_scalar_error(e, knode.tag)}"))
                     continue
                 if not isinstance(key, (str, int)) or isinstance(key, bool):
                     key = str(knode.value)
@@ -137,8 +195,17 @@ def parse_yaml(text: str | bytes, file: str = "<string>") -> tuple[Any, SourceMa
             return [build(item, path + (i,)) for i, item in enumerate(node.value)]
         try:
             return loader.construct_object(node)
-        except yaml.YAMLError as e:
-            problems.append(Problem(file, *_pos(node.start_mark), f"bad value: {getattr(e, 'problem', e)}"))
+        except Exception as e:  # noqa: BLE001 - !!int abc, !!bool maybe, !!timestamp nope...
+            problems.append(Problem(file, *_pos(node.start_mark), f"bad value {_short(node.value)} for tag "
+                                    f"{_tag(node.tag)}: {_scalar_error(e, node.tag)}"))
             return None
 
     return build(root, ()), smap, problems
+
+
+def _tag(tag: str) -> str:
+    return tag.replace("tag:yaml.org,2002:", "!!")
+
+
+def _short(value: str, limit: int = 40) -> str:
+    return repr(value if len(value) <= limit else value[:limit] + "...")

@@ -9,6 +9,7 @@ it is inside); a degenerate box (width or height under 1 pixel) is dropped.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,15 +38,19 @@ class DataReport:
     dropped_outside: int = 0
     dropped_degenerate: int = 0
     unknown_category: int = 0
+    dropped_nonfinite: int = 0
 
     def __str__(self) -> str:
         parts = [f"{self.images} images, {self.boxes} boxes"]
+        if not self.boxes:
+            parts[0] += " -- WARNING: no usable boxes at all; a model trained on this learns nothing"
         if self.skipped_images:
             shown = ", ".join(self.skipped_images[:3]) + (" ..." if len(self.skipped_images) > 3 else "")
             parts.append(f"skipped {len(self.skipped_images)} unreadable image(s) ({shown})")
         for n, what in ((self.clipped_boxes, "box(es) clipped to the image"),
                         (self.dropped_outside, "box(es) outside the image dropped"),
                         (self.dropped_degenerate, "degenerate box(es) dropped"),
+                        (self.dropped_nonfinite, "box(es) with NaN or infinite coordinates dropped"),
                         (self.unknown_category, "box(es) with an unknown category dropped")):
             if n:
                 parts.append(f"{n} {what}")
@@ -96,6 +101,7 @@ class CocoDetection(torch.utils.data.Dataset):
             raise DataError(f"{annotations}: not a COCO instances file (needs 'images', 'annotations', 'categories')")
         if not coco["images"]:
             raise DataError(f"{annotations}: lists no images")
+        _check_coco(coco, annotations)
         cats = sorted(c["id"] for c in coco["categories"])
         if not cats:
             raise DataError(f"{annotations}: lists no categories")
@@ -113,10 +119,12 @@ class CocoDetection(torch.utils.data.Dataset):
                 if check_images:
                     with Image.open(path) as probe:
                         probe.verify()
+                    _check_complete(path)
                 with Image.open(path) as probe:
                     width, height = probe.size
-            except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
-                self.report.skipped_images.append(im["file_name"])
+            except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+                why = " (too many pixels: a decompression bomb?)" if isinstance(e, Image.DecompressionBombError) else ""
+                self.report.skipped_images.append(im["file_name"] + why)
                 continue
             boxes, labels = [], []
             for a in by_image.get(im["id"], []):
@@ -129,6 +137,9 @@ class CocoDetection(torch.utils.data.Dataset):
                     x, y, w, h = (float(v) for v in a["bbox"])
                 except (KeyError, TypeError, ValueError):
                     self.report.dropped_degenerate += 1
+                    continue
+                if not all(math.isfinite(v) for v in (x, y, w, h)):
+                    self.report.dropped_nonfinite += 1
                     continue
                 if not (w >= 1 and h >= 1):  # also catches NaN
                     self.report.dropped_degenerate += 1
@@ -176,7 +187,7 @@ class CocoDetection(torch.utils.data.Dataset):
         try:
             with Image.open(item["path"]) as im:
                 image = TF.pil_to_tensor(im.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as e:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
             raise DataError(f"{item['path']}: became unreadable during training ({e})") from None
         h, w = item["size"]
         boxes = tv_tensors.BoundingBoxes(torch.tensor(item["boxes"], dtype=torch.float32).reshape(-1, 4),
@@ -190,6 +201,48 @@ class CocoDetection(torch.utils.data.Dataset):
         image = TF.normalize(TF.to_dtype(image, torch.float32, scale=True), MEAN, STD)
         return image, {"boxes": boxes.as_subclass(torch.Tensor).float(), "labels": labels, "image_id": item["id"],
                        "scale": scale, "orig_size": (h, w)}
+
+
+def _check_coco(coco: dict, file) -> None:
+    """The structure the loader relies on, each mistake named by its JSON path."""
+    seen: dict = {}
+    for i, c in enumerate(coco["categories"]):
+        if not isinstance(c, dict):
+            raise DataError(f"{file}: categories[{i}] should be an object, is {type(c).__name__}")
+        cid = c.get("id")
+        if not isinstance(cid, int) or isinstance(cid, bool):
+            raise DataError(f"{file}: categories[{i}].id should be an integer, is "
+                            f"{'missing' if 'id' not in c else type(cid).__name__}")
+        if cid in seen:
+            raise DataError(f"{file}: categories[{i}].id {cid} is already used by categories[{seen[cid]}]; "
+                            "each category needs its own id")
+        seen[cid] = i
+    for i, im in enumerate(coco["images"]):
+        if not isinstance(im, dict):
+            raise DataError(f"{file}: images[{i}] should be an object, is {type(im).__name__}")
+        for key, kind in (("id", (int, str)), ("file_name", str)):
+            if not isinstance(im.get(key), kind) or isinstance(im.get(key), bool):
+                raise DataError(f"{file}: images[{i}].{key} should be a {'string' if key == 'file_name' else 'number'}, "
+                                f"is {'missing' if key not in im else type(im[key]).__name__}")
+    anns = coco.get("annotations", [])
+    if not isinstance(anns, list):
+        raise DataError(f"{file}: 'annotations' should be a list, is {type(anns).__name__}")
+    for i, a in enumerate(anns):
+        if not isinstance(a, dict):
+            raise DataError(f"{file}: annotations[{i}] should be an object, is {type(a).__name__}")
+
+
+def _check_complete(path: Path) -> None:
+    """``verify()`` does not notice a JPEG cut short; decode the ones without an end marker."""
+    if path.suffix.lower() not in (".jpg", ".jpeg"):
+        return
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 64))
+        tail = f.read()
+    if b"\xff\xd9" in tail:
+        return
+    with Image.open(path) as im:
+        im.load()  # raises OSError("image file is truncated") on a cut-off file
 
 
 def letterbox(image: torch.Tensor, boxes, size: int):

@@ -45,7 +45,9 @@ def coco_eval(annotations: Path, results: list[dict], image_ids: list[int] | Non
     from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(annotations))
+        gt = COCO()
+        gt.dataset = _with_defaults(json.loads(Path(annotations).read_text()))
+        gt.createIndex()
         if not results:
             return {k: 0.0 for k in METRIC_NAMES}
         dt = gt.loadRes(results)
@@ -56,6 +58,22 @@ def coco_eval(annotations: Path, results: list[dict], image_ids: list[int] | Non
         ev.accumulate()
         ev.summarize()
     return {k: max(0.0, float(v)) for k, v in zip(METRIC_NAMES, ev.stats[:6])}
+
+
+def _with_defaults(coco: dict) -> dict:
+    """The file's annotations with the fields pycocotools needs and a COCO file may
+    leave out (``iscrowd`` 0, ``area`` from the box, a ``segmentation``-free entry)."""
+    anns = []
+    for a in coco.get("annotations") or []:
+        a = dict(a)
+        a.setdefault("iscrowd", 0)
+        if "area" not in a:
+            try:
+                a["area"] = float(a["bbox"][2]) * float(a["bbox"][3])
+            except (KeyError, IndexError, TypeError, ValueError):
+                a["area"] = 0.0
+        anns.append(a)
+    return {**coco, "annotations": anns}
 
 
 def evaluate(model: EfficientDet | str | Path, data: CocoDetection | str | Path, batch_size: int = 16,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 import math
 import os
+import shutil
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,11 +16,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import ConfigError, TrainingDiverged  # TrainingDiverged is re-exported here
-from ..model import EfficientDet, build_model, create_model, save_atomic
-from ..model.checkpoint import FORMAT, read_checkpoint
-from ..graph import build_graph, graph_to_yaml
-from ..spec import ModelSpec, load_spec_text
+from ..errors import ConfigError, EdgError, TrainingDiverged  # TrainingDiverged is re-exported here
+from ..model import EfficientDet, create_model, save_atomic
+from ..model.checkpoint import FORMAT, CheckpointError, model_from_checkpoint, read_checkpoint
+from ..graph import graph_to_yaml
 from .data import CocoDetection, DataError, collate, num_categories, resolve_data, seeded_order
 from .evaluate import evaluate
 from .progress import MetricsLog, Progress, plot_curves
@@ -52,6 +54,7 @@ class TrainConfig:
     eval_every: int = 1
     log_every: int = 10
     max_steps: int | None = None
+    save_every: int | None = None  # steps between mid-epoch checkpoints (besides one per epoch)
     synthetic_train: int = 512
     synthetic_val: int = 128
     synthetic_classes: int = 3
@@ -131,11 +134,22 @@ def warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -
 def train(cfg: TrainConfig) -> dict:
     """Train, evaluate every ``eval_every`` epochs, checkpoint every epoch; returns a summary."""
     started = not dist.is_initialized()
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (how schedulers preempt) and SIGINT: finish the step, save, stop
+        _STOP.clear()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            handlers[sig] = signal.signal(sig, lambda signum, frame: _STOP.append(signum))
     try:
         return _train(cfg)
     finally:
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
         if started and dist.is_initialized():
             dist.destroy_process_group()
+
+
+_STOP: list[int] = []  # signals received during training
 
 
 def _train(cfg: TrainConfig) -> dict:
@@ -149,7 +163,15 @@ def _train(cfg: TrainConfig) -> dict:
         raise ConfigError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
     out = Path(cfg.out)
     if main:  # only rank 0 writes the synthetic set; the others wait, then find it
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / ".edg-write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise EdgError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+        for stale in out.glob(".last.pt.*"):  # temp files of a save that a kill interrupted
+            stale.unlink(missing_ok=True)
         root = _data_paths(cfg)
     if world > 1:
         dist.barrier()
@@ -161,9 +183,10 @@ def _train(cfg: TrainConfig) -> dict:
     if cfg.resume and resumed is None and main:
         print(f"no checkpoint at {ckpt_path}; starting from scratch")
     if resumed is not None:
-        spec = ModelSpec.model_validate(resumed["spec"])
-        gspec, gsrc = load_spec_text(resumed["graph"], f"{ckpt_path}#graph")
-        model = build_model(spec, graph=build_graph(gspec, gsrc))
+        model = model_from_checkpoint(resumed, ckpt_path)
+        if not isinstance(resumed.get("train_state"), dict):
+            raise CheckpointError(f"{ckpt_path}: no training state (written by save_model?); --resume needs the "
+                                  "last.pt of an `edg train` run, or start a new run in another --out folder")
     else:
         model = _build(cfg, num_categories(resolve_data(root, "train")[0]))
     size = model.spec.image_size
@@ -213,15 +236,26 @@ def _train(cfg: TrainConfig) -> dict:
         if was and was != cfg.optimizer:
             raise ConfigError(f"{ckpt_path} was trained with --optimizer {was}; resume with the same optimizer "
                            "or start a new run in another --out folder")
-        model.load_state_dict(state["model"])
-        ema.model.load_state_dict(resumed["state_dict"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start_epoch, step = state["epoch"], state["step"]
+        try:
+            model.load_state_dict(state["model"])
+            ema.model.load_state_dict(resumed["state_dict"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            start_epoch, step = int(state["epoch"]), int(state["step"])
+        except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as e:
+            raise CheckpointError(f"{ckpt_path}: training state does not fit this run "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
         if main:
             print(f"resumed from {ckpt_path}: epoch {start_epoch}, step {step}")
-            if cfg.lr is not None and cfg.lr != state.get("config", {}).get("lr"):
-                print("note: a resumed run keeps its saved learning-rate schedule; --lr is ignored")
+        was_lr = state.get("config", {}).get("lr")
+        if cfg.lr is not None and cfg.lr != was_lr:
+            # asked for explicitly (e.g. after a divergence): the same schedule from a new peak
+            sched.base_lrs = [cfg.lr for _ in opt.param_groups]
+            for group in opt.param_groups:
+                group["initial_lr"] = cfg.lr
+                group["lr"] = cfg.lr * sched.lr_lambdas[0](sched.last_epoch)
+            if main:
+                print(f"resumed with --lr {cfg.lr} (the run had {was_lr or 'the default'})")
     log = MetricsLog(out / "metrics.jsonl", enabled=main)
     if resumed is not None:
         log.truncate_after(step)
@@ -245,8 +279,9 @@ def _train(cfg: TrainConfig) -> dict:
         order = seeded_order(len(train_set), cfg.seed, epoch)
         bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", enabled=main and not cfg.quiet)
         t0, seen, epoch_loss = time.perf_counter(), 0, 0.0
-        for i in range(steps_per_epoch):
-            if cfg.max_steps is not None and step >= cfg.max_steps:
+        # a run saved mid-epoch (by --max-steps) goes on with that epoch's next batch
+        for i in range(step - epoch * steps_per_epoch if step > epoch * steps_per_epoch else 0, steps_per_epoch):
+            if (cfg.max_steps is not None and step >= cfg.max_steps) or _STOP:
                 break
             batch = order[i * cfg.batch_size:(i + 1) * cfg.batch_size][rank * per_rank:(rank + 1) * per_rank]
             samples = [train_set[j, cfg.seed * 7_919_993 + epoch * 100_003 + j] for j in batch]
@@ -279,6 +314,8 @@ def _train(cfg: TrainConfig) -> dict:
             sched.step()
             step += 1
             ema.update(model, step)
+            if main and cfg.save_every and step % cfg.save_every == 0 and i < steps_per_epoch - 1:
+                _save(ckpt_path, model, ema, opt, sched, epoch, step, cfg)  # --resume goes on mid-epoch
             seen += images.shape[0] * world
             value = report[0].item()
             epoch_loss += value
@@ -289,12 +326,19 @@ def _train(cfg: TrainConfig) -> dict:
                           box_weighted=loss_fn.cfg.box_weight * report[2].item(), lr=sched.get_last_lr()[0],
                           img_per_s=speed)
         bar.close()
-        done = cfg.max_steps is not None and step >= cfg.max_steps and step < (epoch + 1) * steps_per_epoch
+        done = ((cfg.max_steps is not None and step >= cfg.max_steps) or _STOP) and step < (epoch + 1) * steps_per_epoch
         if done:
             summary["stopped_at_step"] = step
+            if _STOP:
+                summary["interrupted"] = signal.Signals(_STOP[0]).name
+            if main:  # a stopped run keeps what it trained; --resume goes on mid-epoch
+                _save(ckpt_path, model, ema, opt, sched, epoch, step, cfg)
+                plot_curves(log.read(), out / "curves.png")
             break
         record = {"type": "epoch", "epoch": epoch + 1, "step": step,
-                  "loss": epoch_loss / steps_per_epoch, "img_per_s": seen / (time.perf_counter() - t0)}
+                  "loss": epoch_loss / max(1, seen // cfg.batch_size), "img_per_s": seen / (time.perf_counter() - t0)}
+        if main:  # before evaluating: an evaluation failure must not lose the epoch
+            _save(ckpt_path, model, ema, opt, sched, epoch + 1, step, cfg)
         if main and val_set is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             last_eval = evaluate(ema.model, val_set, cfg.batch_size, str(device),
                                  out / "predictions_val.json" if epoch + 1 == cfg.epochs else None)
@@ -304,18 +348,48 @@ def _train(cfg: TrainConfig) -> dict:
                       f"mAP@0.5 {last_eval['map50']:.3f}")
         if main:
             log.write(**record)
-            _save(ckpt_path, model, ema, opt, sched, epoch + 1, step, cfg)
             plot_curves(log.read(), out / "curves.png")
+        if _STOP:
+            summary.update(stopped_at_step=step, interrupted=signal.Signals(_STOP[0]).name)
+            break
         if world > 1:
             dist.barrier()
+    if main and resumed is not None and start_epoch >= cfg.epochs and log.path.exists():
+        plot_curves(log.read(), out / "curves.png")  # a kill may have come between the last save and the plot
     summary.update(step=step, **last_eval)
-    if main:
-        summary["checkpoint"] = str(ckpt_path)
-        summary["curves"] = str(out / "curves.png")
+    if main:  # only files this run wrote (or a resumed one before it)
+        for key, path in (("checkpoint", ckpt_path), ("curves", out / "curves.png")):
+            if path.exists():
+                summary[key] = str(path)
     return summary
 
 
+MAX_SANE_WEIGHT = 1e6  # finite losses can hide exploded weights (1e18 passes isfinite)
+
+
 def _save(path: Path, model: EfficientDet, ema: _Ema, opt, sched, epoch: int, step: int, cfg: TrainConfig) -> None:
+    plain = model.module if hasattr(model, "module") else model
+    with torch.no_grad():
+        worst = max((p.detach().abs().max().item() for p in plain.parameters() if p.numel()), default=0.0)
+    if not math.isfinite(worst) or worst > MAX_SANE_WEIGHT:
+        raise TrainingDiverged(
+            f"the weights exploded (largest |w| = {worst:.3g}) by step {step}; not saved over the last good "
+            f"checkpoint {path if path.exists() else '(none yet)'}. Continue from it with --resume and a lower --lr")
+    try:
+        _save_unchecked(path, model, ema, opt, sched, epoch, step, cfg)
+    except (OSError, RuntimeError) as e:  # a full disk shows up as torch's "inline_container" RuntimeError
+        free = ""
+        try:
+            free = f"; {shutil.disk_usage(path.parent).free // 2**20} MiB free on that disk"
+        except OSError:
+            pass
+        why = getattr(e, "strerror", None) or str(e).splitlines()[0][:200]
+        raise EdgError(f"{path}: could not save the checkpoint ({why}{free}); the previous one, if any, "
+                       "is unchanged") from None
+
+
+def _save_unchecked(path: Path, model: EfficientDet, ema: _Ema, opt, sched, epoch: int, step: int,
+                    cfg: TrainConfig) -> None:
     plain = model.module if hasattr(model, "module") else model
     save_atomic({
         "format": FORMAT,

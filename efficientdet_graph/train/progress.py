@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from .._io import atomic_write_text
+
 __all__ = ["Progress", "MetricsLog", "plot_curves"]
 
 
@@ -68,7 +70,8 @@ class MetricsLog:
         """Drop records past ``step`` (lines a killed run wrote after its last checkpoint)."""
         if self.enabled and self.path.exists():
             keep = [r for r in self.read() if r.get("step", 0) <= step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+            # atomically: a kill between truncating and writing must not empty the log
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 def plot_curves(records: list[dict], path: Path) -> Path:
