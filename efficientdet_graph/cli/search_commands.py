@@ -73,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--heartbeat", type=_positive("--heartbeat", high=3600), default=10,
                    help="seconds between heartbeats (database storages)")
     q.add_argument("--population", type=_positive("--population", low=2, high=1000), default=12,
-                   help="population of the evolution and NSGA-II samplers")
+                   help="population of the evolution and NSGA-II samplers; TPE's initial random trials")
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(handler=cmd_run)
 
@@ -116,6 +116,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--proxy", action="append", default=[], metavar="KEY=VALUE", help="proxy-task setting")
     q.add_argument("--out", default="runs/search-benchmark", help="folder for the studies and the shared cache")
     q.add_argument("--proxy-cache", default=None, help="folder of the proxy's frozen-backbone features")
+    q.add_argument("--population", type=_positive("--population", low=2, high=1000), default=6,
+                   help="evolution's population and TPE's initial random trials")
     q.add_argument("--results", default=None, help="write the comparison (JSON) here; a .png beside it")
     q.set_defaults(handler=cmd_benchmark)
 
@@ -338,7 +340,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     result = benchmark_samplers(args.space, args.samplers, args.seeds, args.trials, Path(args.out),
                                 _proxy_pairs(args.proxy), say=lambda text: print(text, file=sys.stderr, flush=True),
-                                proxy_cache=args.proxy_cache)
+                                proxy_cache=args.proxy_cache, population=args.population)
     print(f"{'sampler':<10} {'best (mean, min-max)':<28} {'hypervolume (mean, min-max)':<30}")
     for name, r in result["by_sampler"].items():
         b, h = r["best"], r["hypervolume"]

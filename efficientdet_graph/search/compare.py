@@ -196,7 +196,8 @@ def compare_table(result: dict) -> str:
 
 
 def benchmark_samplers(space: str, samplers: Sequence[str], seeds: Sequence[int], trials: int, out: Path,
-                       proxy: tuple = (), say: Callable[[str], None] = print, proxy_cache: str | None = None) -> dict:
+                       proxy: tuple = (), say: Callable[[str], None] = print, proxy_cache: str | None = None,
+                       population: int = 6) -> dict:
     """Each sampler with each seed, ``trials`` trials, one shared results cache (a network
     is trained once, whichever study meets it first); best metric, hypervolume and
     best-so-far curves."""
@@ -207,7 +208,7 @@ def benchmark_samplers(space: str, samplers: Sequence[str], seeds: Sequence[int]
         for seed in seeds:
             cfg = StudyConfig(space=space, out=str(out), study=f"{sampler}-s{seed}", sampler=sampler, seed=seed,
                               trials=trials, proxy=tuple(proxy), cache=str(cache), seed_points=False, quiet=True,
-                              proxy_cache=proxy_cache)
+                              proxy_cache=proxy_cache, population=population)
             say(f"{sampler}, seed {seed}: {trials} trials ...")
             result = run_worker(cfg)
             study = optuna.load_study(study_name=cfg.study_name, storage=_storage(out))
@@ -226,6 +227,7 @@ def benchmark_samplers(space: str, samplers: Sequence[str], seeds: Sequence[int]
         mine = [r for r in runs if r["sampler"] == s]
         by[s] = {"best": _stats([r["best"] for r in mine]), "hypervolume": _stats([r["hypervolume"] for r in mine])}
     return {"space": space, "trials": trials, "seeds": list(seeds), "proxy": [list(p) for p in proxy],
+            "population": population,
             "hypervolume_reference": {"metric": 0.0, "gflops": ref_cost / 1e9,
                                       "unit": "metric x GFLOPs (multiply-adds)"},
             "by_sampler": by, "runs": runs}

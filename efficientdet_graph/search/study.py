@@ -30,8 +30,7 @@ from typing import Any, Callable, Literal
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .._io import atomic_open
-from ..errors import EdgError, Problem, SearchError, SpecError
+from ..errors import EdgError, SearchError, SpecError
 from ..graph import graph_to_yaml
 from .cost import candidate_cost
 from .evolution import RegularizedEvolutionSampler
@@ -114,8 +113,9 @@ def make_sampler(name: str, seed: int, multi_objective: bool, constrained: bool,
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "tpe":
         # multivariate + group: TPE models the parameters jointly and splits the
-        # conditional space into the groups that occur together
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8,
+        # conditional space into the groups that occur together; `population` random
+        # trials first, as evolution's initial population
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=population,
                                           constraints_func=cf, warn_independent_sampling=False)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=population, constraints_func=cf)
