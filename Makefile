@@ -46,7 +46,7 @@ bench: install-test
 # task, its front as YAML and plots, then the found graphs against FPN / PANet / BiFPN at
 # matched FLOPs, re-trained with 3 seeds (the table of search/README.md).
 search: install
-	$(BIN)/edg search run bifpn_edges --trials 40 --sampler evolution --population 10 --seed 0 \
+	$(BIN)/edg search run bifpn_edges --trials 30 --sampler evolution --population 10 --seed 0 \
 		--out runs/search --proxy-cache runs/proxy-cache
 	$(BIN)/edg search best --out runs/search --top 3 -o runs/search/best
 	$(BIN)/edg search plot --out runs/search
@@ -55,6 +55,6 @@ search: install
 
 # Random search, TPE and regularized evolution at an equal budget, 3 seeds each.
 search-benchmark: install
-	$(BIN)/edg search benchmark bifpn_edges --samplers random tpe evolution --seeds 0 1 2 --trials 20 \
-		--proxy epochs=2 --out runs/search-benchmark --proxy-cache runs/proxy-cache \
+	$(BIN)/edg search benchmark bifpn_edges --samplers random tpe evolution --seeds 0 1 2 --trials 15 --population 5 \
+		--proxy epochs=1 --out runs/search-benchmark --proxy-cache runs/proxy-cache \
 		--results search/results/samplers-bifpn_edges.json
