@@ -80,7 +80,7 @@ def plot_study(study: optuna.Study, cfg: StudyConfig, out: str | Path) -> list[P
     done = [t for t in trials if trial_status(t) in ("done", "reused", "cached") and "edg_metric" in t.user_attrs]
     if not done:
         raise SearchError(f"study {cfg.study_name!r} has no finished trial to plot")
-    metric = study.user_attrs.get("edg_config", {}).get("space", "")
+    metric = study.user_attrs.get("edg_metric", "metric")
     written = []
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -96,8 +96,8 @@ def plot_study(study: optuna.Study, cfg: StudyConfig, out: str | Path) -> list[P
             ax.scatter([t.user_attrs["edg_flops"] / 1e9], [t.user_attrs["edg_metric"]], marker=marks[name], s=90,
                        edgecolor="k", zorder=5, label=name)
     ax.set_xlabel("feature-network GFLOPs (multiply-adds)")
-    ax.set_ylabel(f"proxy {study.user_attrs.get('edg_metric_name', 'metric')}")
-    ax.set_title(f"{cfg.study_name}: {len(done)} evaluated networks {metric and ''}")
+    ax.set_ylabel(f"proxy {metric}")
+    ax.set_title(f"{cfg.study_name}: {len(done)} evaluated networks")
     ax.legend(fontsize=8)
     fig.tight_layout()
     written.append(_save(fig, out / "pareto.png"))
@@ -107,7 +107,7 @@ def plot_study(study: optuna.Study, cfg: StudyConfig, out: str | Path) -> list[P
     curve = best_so_far(trials)
     ax.plot(range(1, len(curve) + 1), curve, "-", c="tab:blue")
     ax.set_xlabel("trial")
-    ax.set_ylabel("best proxy metric so far")
+    ax.set_ylabel(f"best proxy {metric} so far")
     ax.set_title(f"{cfg.study_name}: optimization history")
     fig.tight_layout()
     written.append(_save(fig, out / "history.png"))

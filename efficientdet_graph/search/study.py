@@ -178,6 +178,7 @@ def open_study(cfg: StudyConfig) -> tuple[optuna.Study, SearchSpace]:
     if "edg_fingerprint" not in attrs:
         study.set_user_attr("edg_fingerprint", fp)
         study.set_user_attr("edg_space", space.name)
+        study.set_user_attr("edg_metric", space.spec.metric)
         study.set_user_attr("edg_config", {k: v for k, v in asdict(cfg).items() if k not in ("quiet", "proxy_cache")})
         study.set_user_attr("edg_space_yaml", space.text[:200_000])
     elif attrs["edg_fingerprint"] != fp:
