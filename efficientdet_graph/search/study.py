@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -115,8 +116,10 @@ def make_sampler(name: str, seed: int, multi_objective: bool, constrained: bool,
         # multivariate + group: TPE models the parameters jointly and splits the
         # conditional space into the groups that occur together; `population` random
         # trials first, as evolution's initial population
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=population,
-                                          constraints_func=cf, warn_independent_sampling=False)
+        with warnings.catch_warnings():  # multivariate/group are "experimental" since Optuna 2.x
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=population,
+                                              constraints_func=cf, warn_independent_sampling=False)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=population, constraints_func=cf)
     if name == "evolution":
