@@ -100,6 +100,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="proxy seeds of the re-training")
     q.add_argument("--baselines", nargs="+", default=["fpn", "panet", "bifpn"], help="built-in graphs to match")
     q.add_argument("--tolerance", type=float, default=0.10, help="allowed FLOPs mismatch (fraction)")
+    q.add_argument("--match", choices=("depth", "width"), default="depth",
+                   help="which knob matches a baseline's FLOPs first: repeat it (the paper's ablation) or widen it")
     q.add_argument("--epochs", type=_positive("--epochs", low=0, high=1000), default=None,
                    help="proxy epochs of every run here (default: the study's)")
     q.add_argument("--results", default=None, help="write the comparison (JSON) here; a .md table beside it")
@@ -320,7 +322,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         cfg = replace(cfg, proxy_cache=args.proxy_cache)
     result = compare_study(study, cfg, top=args.top, seeds=args.seeds, baselines=args.baselines,
-                           tolerance=args.tolerance, epochs=args.epochs,
+                           tolerance=args.tolerance, epochs=args.epochs, match=args.match,
                            say=lambda text: print(text, file=sys.stderr, flush=True))
     table = compare_table(result)
     print(table)

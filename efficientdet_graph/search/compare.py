@@ -54,10 +54,12 @@ def provenance(argv: Sequence[str] | None = None) -> dict:
 
 def matched_scale(graph, target_flops: float, cost, in_channels: dict, *, base_repeat: int, base_channels: int,
                   max_repeat: int = 8, widths: Sequence[int] | None = None,
-                  tolerance: float = 0.10) -> tuple[int, int, int]:
+                  tolerance: float = 0.10, match: str = "depth") -> tuple[int, int, int]:
     """(repeat, channels, FLOPs) of ``graph`` matching ``target_flops``: the paper's
     ablation matches cost by repeating FPN/PANet, so within ``tolerance`` the width stays
-    the base's if any depth gets there; width is the second knob, then the closest cost."""
+    the base's if any depth gets there; width is the second knob, then the closest cost.
+    ``match="width"`` keeps the base depth and changes the width first (fairer to deep
+    stacks on a short proxy, which trains them too briefly to converge)."""
     widths = list(widths or range(16, 513, 8))
     best = None
     for r in range(1, max_repeat + 1):
@@ -67,7 +69,9 @@ def matched_scale(graph, target_flops: float, cost, in_channels: dict, *, base_r
             flops = graph_cost(g, w, in_channels, cost.image_size).flops
             off = abs(flops - target_flops) / target_flops
             # inside the tolerance, keep the width and change the depth if possible
-            key = (off > tolerance, abs(w - base_channels), off, abs(r - base_repeat))
+            near = (abs(w - base_channels), abs(r - base_repeat)) if match == "depth" else \
+                (abs(r - base_repeat), abs(w - base_channels))
+            key = (off > tolerance, *near, off)
             if best is None or key < best[0]:
                 best = (key, r, w, flops)
     _, r, w, flops = best
@@ -88,7 +92,7 @@ def _stats(values: list[float]) -> dict:
 
 def compare_study(study: optuna.Study, cfg: StudyConfig, *, top: int = 3, seeds: Sequence[int] = (1, 2, 3),
                   baselines: Sequence[str] = ("fpn", "panet", "bifpn"), tolerance: float = 0.10,
-                  epochs: int | None = None, say: Callable[[str], None] = print) -> dict:
+                  epochs: int | None = None, say: Callable[[str], None] = print, match: str = "depth") -> dict:
     """Found graphs vs baselines at matched FLOPs (±``tolerance``) on the study's proxy, then
     the ``top`` found graphs and BiFPN (matched) re-trained with ``seeds``."""
     space = _load_space(cfg)
@@ -127,7 +131,7 @@ def compare_study(study: optuna.Study, cfg: StudyConfig, *, top: int = 3, seeds:
     for name in baselines:
         g = load_graph(name)
         r, w, flops = matched_scale(g, target, cost, in_ch, base_repeat=space.spec.repeat, base_channels=cost.channels,
-                                    tolerance=tolerance)
+                                    tolerance=tolerance, match=match)
         say(f"{name}: matched at repeat {r}, width {w}: {flops / 1e9:.3f} GFLOPs vs {target / 1e9:.3f}; training ...")
         result = run(g, r, w)
         diff = 100.0 * (flops - target) / target
@@ -165,7 +169,7 @@ def compare_study(study: optuna.Study, cfg: StudyConfig, *, top: int = 3, seeds:
     return {"study": cfg.study_name, "space": space.name, "metric": metric, "flops_convention": "multiply-adds",
             "cost_scale": {"channels": cost.channels, "image_size": cost.image_size, "in_channels": in_ch},
             "proxy": {k: v for k, v in vars(evaluator.base).items()}, "epochs_override": epochs,
-            "tolerance_pct": 100 * tolerance, "matched": rows, "seeds": list(seeds), "retrained": seeded,
+            "tolerance_pct": 100 * tolerance, "match": match, "matched": rows, "seeds": list(seeds), "retrained": seeded,
             "verdicts": verdicts, "unmatched": unmatched, "summary": summary(study, cfg)}
 
 
@@ -179,7 +183,7 @@ def load_spec_graph(text: str):
 
 def compare_table(result: dict) -> str:
     m = result["metric"]
-    lines = [f"Matched FLOPs (±{result['tolerance_pct']:.0f}%), proxy {m}; FLOPs = multiply-adds of the feature network "
+    lines = [f"Matched FLOPs (±{result['tolerance_pct']:.0f}%, by {result.get('match', 'depth')} first), proxy {m}; FLOPs = multiply-adds of the feature network "
              f"at {result['cost_scale']['channels']} channels, {result['cost_scale']['image_size']} px.", "",
              f"| graph | repeat | width | GFLOPs | ΔFLOPs | proxy {m} |", "|---|---|---|---|---|---|"]
     for r in result["matched"]:
