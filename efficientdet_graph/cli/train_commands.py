@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from ..errors import ConfigError
 from ._args import bounded
 
 __all__ = ["register"]
@@ -136,8 +137,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.config:
         config = train_config(read_train_file(args.config), asdict(config), args.defaults)
-    Path(config.out).mkdir(parents=True, exist_ok=True)
-    write_train_file(config, Path(config.out) / "run.yaml")
+    try:
+        Path(config.out).mkdir(parents=True, exist_ok=True)
+        write_train_file(config, Path(config.out) / "run.yaml")
+    except OSError as e:
+        raise ConfigError(f"--out {config.out}: cannot write there ({e.strerror})") from None
     summary = train(config)  # TrainingDiverged: main() prints it and exits 1
     checked = [r.check(summary) for r in requirements]
     if args.results:

@@ -59,23 +59,20 @@ def _pos(mark: yaml.Mark) -> tuple[int, int]:
     return (mark.line + 1, mark.column + 1)
 
 
-class _DepthError(Exception):
-    def __init__(self, mark: yaml.Mark):
-        self.mark = mark
-
-
 class _Loader(yaml.SafeLoader):
     """SafeLoader whose composer refuses nesting deeper than MAX_YAML_DEPTH."""
 
-    def __init__(self, stream: str):
+    def __init__(self, stream: str, file: str = "<string>"):
         super().__init__(stream)
         self._depth = 0
+        self._file = file
 
     def compose_node(self, parent, index):  # noqa: ANN001 (PyYAML's signature)
         self._depth += 1
         try:
             if self._depth > MAX_YAML_DEPTH:
-                raise _DepthError(self.peek_event().start_mark)
+                raise SpecError.single(self._file, f"nested more than {MAX_YAML_DEPTH} levels deep; a spec needs "
+                                       "a handful", *_pos(self.peek_event().start_mark))
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -126,15 +123,11 @@ def parse_yaml(text: str | bytes, file: str = "<string>") -> tuple[Any, SourceMa
     if bad_char is not None:
         raise bad_char
     try:
-        loader = _Loader(text)
+        loader = _Loader(text, file)
     except yaml.YAMLError as e:  # the reader's own checks (BOMs, encodings)
         raise SpecError.single(file, f"not valid YAML: {e}") from None
     try:
         root = loader.get_single_node()
-    except _DepthError as e:
-        raise SpecError.single(
-            file, f"nested more than {MAX_YAML_DEPTH} levels deep; a spec needs a handful", *_pos(e.mark)
-        ) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = _pos(mark) if mark else (1, 1)
