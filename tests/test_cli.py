@@ -103,7 +103,7 @@ def test_show_draws(edg, tmp_path, suffix, magic):
 
 
 def test_tour(edg, tmp_path):
-    code, out, _ = edg("tour", "--out", tmp_path)
+    code, out, _ = edg("tour", "--out", tmp_path, "--train-epochs", "1")  # training is tested in test_train
     assert code == 0
     assert "the same as the hand-written bifpn" in out and "DIFFERENT" not in out
     assert (tmp_path / "bifpn.png").exists()
