@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 import re
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from efficientdet_graph.errors import SpecError
 from efficientdet_graph.graph import build_graph, graph_to_yaml
 from efficientdet_graph.profile.counter import count_params
 from efficientdet_graph.search import (StudyConfig, candidate_cost, load_space, open_study, point_values,
-                                       random_ask, run, sample, summary)
+                                       random_ask, run, sample)
 from efficientdet_graph.search.report import hypervolume
 from efficientdet_graph.search.study import slots, trial_status
 from efficientdet_graph.spec.builtin import builtin_names

@@ -214,8 +214,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace, space: str | None = None):
-    from ..search import StudyConfig
-
     fields = {"out": args.out, "study": args.study, "storage": args.storage}
     if space is not None:
         fields.update(space=space, sampler=args.sampler, seed=args.seed, trials=args.trials,
