@@ -144,7 +144,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {config.out}: cannot write there ({e.strerror})") from None
     summary = train(config)  # TrainingDiverged: main() prints it and exits 1
     checked = [r.check(summary) for r in requirements]
-    if args.results:
+    if args.results and "interrupted" in summary:
+        # a stopped run's figures are not the run's: its results file waits for --resume
+        print(f"results: not written ({args.results}): the run was stopped before its end", file=sys.stderr)
+    elif args.results:
         curves = [r for r in MetricsLog(Path(config.out) / "metrics.jsonl").read() if r.get("type") == "epoch"]
         path = write_results(args.results, command=["edg", *args.argv], config=asdict(config), metrics=summary,
                              curves=curves, requirements=checked, curves_png=summary.get("curves"))
