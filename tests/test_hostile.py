@@ -527,7 +527,8 @@ def test_sigterm_finishes_the_step_saves_and_exits(syn, tmp_path):
     (out / ".last.pt.stale123").write_bytes(b"half a checkpoint")
     proc = subprocess.Popen([sys.executable, "-m", "efficientdet_graph", "train", "micro", "--data", str(syn),
                              "--batch-size", "4", "--epochs", "50", "--eval-every", "99", "--log-every", "1",
-                             "--quiet", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--quiet", "--out", str(out), "--results", str(tmp_path / "results.json")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -541,6 +542,7 @@ def test_sigterm_finishes_the_step_saves_and_exits(syn, tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "stopped by SIGTERM" in err and "Traceback" not in err
+    assert not (tmp_path / "results.json").exists() and "results: not written" in err  # a stopped run's figures
     from efficientdet_graph.model.checkpoint import read_checkpoint
 
     state = read_checkpoint(out / "last.pt")["train_state"]
