@@ -52,11 +52,14 @@ def open_storage(url: str | None, run_dir: Path, heartbeat: int = 10) -> optuna.
     url = _with_driver(url)
     for attempt in range(4):
         try:
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                failed_trial_callback=RetryFailedTrialCallback(max_retry=3),
-                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-            )
+            with warnings.catch_warnings():  # Optuna 5 calls the retry callback deprecated; it is still the mechanism
+                warnings.simplefilter("ignore", FutureWarning)
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                    failed_trial_callback=RetryFailedTrialCallback(max_retry=3),
+                    engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+                )
         except Exception as e:
             # workers started together on an empty database race to create Optuna's
             # tables; the loser sees a duplicate-key error and finds them on a retry

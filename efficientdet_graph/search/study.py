@@ -116,8 +116,9 @@ def make_sampler(name: str, seed: int, multi_objective: bool, constrained: bool,
         # multivariate + group: TPE models the parameters jointly and splits the
         # conditional space into the groups that occur together; `population` random
         # trials first, as evolution's initial population
-        with warnings.catch_warnings():  # multivariate/group are "experimental" since Optuna 2.x
+        with warnings.catch_warnings():  # "experimental"/deprecation notes of Optuna, not the user's concern
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore", FutureWarning)
             return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=population,
                                               constraints_func=cf, warn_independent_sampling=False)
     if name == "nsga2":
