@@ -186,31 +186,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import torch
-    from PIL import Image
-    from torchvision.transforms.v2 import functional as TF
-
     from ..model import load_model
-    from ..train.data import MEAN, STD, DataError, letterbox
     from ..train.evaluate import draw_detections
+    from ..train.predict import predict
 
-    model = load_model(args.checkpoint).eval()
+    model = load_model(args.checkpoint)
     labels = model.class_names or [str(i) for i in range(model.spec.num_classes)]
     names = {i + 1: name for i, name in enumerate(labels)}
     out = Path(args.out)
     for path in map(Path, args.images):
-        try:
-            with Image.open(path) as im:
-                image = TF.pil_to_tensor(im.convert("RGB"))
-        except OSError as e:
-            raise DataError(f"{path}: cannot read the image ({e})") from None
-        h, w = image.shape[-2:]
-        x, _, scale = letterbox(image, None, model.spec.image_size)
-        x = TF.normalize(TF.to_dtype(x, torch.float32, scale=True), MEAN, STD)
-        det = model.detect(x[None], score_threshold=args.score)[0]
-        dets = []
-        for (x0, y0, x1, y1), s, label in zip((det["boxes"] / scale).tolist(), det["scores"].tolist(), det["labels"].tolist()):
-            dets.append({"bbox": [x0, y0, x1 - x0, y1 - y0], "score": s, "category_id": label + 1})
+        det = predict(model, [path], score_threshold=args.score)[0]
+        dets = [{"bbox": [x0, y0, x1 - x0, y1 - y0], "score": s, "category_id": label + 1}
+                for (x0, y0, x1, y1), s, label in zip(det["boxes"].tolist(), det["scores"].tolist(),
+                                                      det["labels"].tolist())]
         target = draw_detections(path, dets, names, out / f"{path.stem}_pred.png", args.score)
         found = ", ".join(f"{names[d['category_id']]} {d['score']:.2f}" for d in dets[:5])
         print(f"{path}: {len(dets)} detections{' (' + found + (', ...' if len(dets) > 5 else '') + ')' if dets else ''}"
