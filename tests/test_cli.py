@@ -15,6 +15,23 @@ def test_validate_all_builtin_files(edg):
     assert code == 0 and out.count("ok ") == len(paths)
 
 
+def test_validate_tells_spaces_and_run_files_by_their_keys(edg, tmp_path):
+    spaces = sorted(builtin_dir("search").glob("*.yaml"))
+    code, out, err = edg("validate", *spaces)
+    assert code == 0 and out.count("search space") == len(spaces), err
+    run = tmp_path / "run.yaml"
+    run.write_text("model: micro\nepochs: 3\nbatch_size: 4\n")
+    code, out, _ = edg("validate", run)
+    assert code == 0 and "training run file" in out
+    run.write_text("model: micro\nepochs: 3\nbatch_sise: 4\n")
+    code, _, err = edg("validate", run)
+    assert code == 2 and f"{run}:3:1:" in err and "batch_size" in err
+    space = tmp_path / "space.yaml"
+    space.write_text(spaces[0].read_text().replace("kind: edges", "kind: edgez"))
+    code, _, err = edg("validate", space)
+    assert code == 2 and f"{space}:" in err and "edges" in err
+
+
 def test_derive_then_compare_is_bifpn(edg, tmp_path):
     out_file = tmp_path / "d.yaml"
     code, _, err = edg("derive", "panet", "--pass", "prune_single_input", "--pass", "add_same_level_skips", "-o", out_file)

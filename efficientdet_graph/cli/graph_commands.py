@@ -21,7 +21,8 @@ __all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("validate", help="check graph and model specs (the kind is told by the keys); exit 2 on any error")
+    p = sub.add_parser("validate", help="check graph specs, model specs, search spaces and training run files (the kind is told by the "
+                       "keys); exit 2 on any error")
     p.add_argument("paths", nargs="+", metavar="NAME_OR_PATH")
     p.set_defaults(handler=cmd_validate)
 
@@ -85,26 +86,34 @@ def _count(g) -> tuple[int, int]:
     return sum(1 for v in g if not is_input(g, v)), g.number_of_edges()
 
 
-def _is_model_spec(ref: str) -> bool:
-    """Whether ``ref`` names a model spec: a built-in one, or a file whose top-level
-    keys are a model spec's (``graph``, ``phi``, ``backbone``...) and not a graph's."""
+def _kind_of(ref: str) -> str:
+    """What document ``ref`` is: ``model``, ``space`` (a search space), ``train`` (a run
+    file for ``edg train --config``) or ``graph``, told by its top-level keys; a built-in
+    name is a model spec when only ``specs/`` has it."""
+    from ..search.space import SpaceSpec
     from ..spec import ModelSpec
     from ..spec.builtin import looks_like_path
     from ..spec.loader import read_limited
     from ..spec.source import parse_yaml
+    from ..train.config_file import TrainFile
 
     if not looks_like_path(ref):
-        return ref in builtin_names("specs") and ref not in builtin_names("graphs")
+        return "model" if ref in builtin_names("specs") and ref not in builtin_names("graphs") else "graph"
     try:
         data, _, _ = parse_yaml(read_limited(ref), ref)
     except SpecError:
-        return False  # reported when read as a graph spec
+        return "graph"  # reported when read as a graph spec
     if not isinstance(data, dict):
-        return False
+        return "graph"
     keys = {k for k in data if isinstance(k, str)}
-    model_only = set(ModelSpec.model_fields) - set(GraphSpec.model_fields)
-    graph_only = set(GraphSpec.model_fields) - set(ModelSpec.model_fields) | {"from"}
-    return bool(keys & model_only) and not keys & graph_only
+    graph, model = set(GraphSpec.model_fields), set(ModelSpec.model_fields)
+    if keys & (set(SpaceSpec.model_fields) - graph - model):
+        return "space"
+    if keys & (set(TrainFile.model_fields) - graph - model):
+        return "train"
+    if keys & (model - graph) and not keys & (graph - model | {"from"}):
+        return "model"
+    return "graph"
 
 
 def _validate_model(ref: str) -> str:
@@ -116,12 +125,28 @@ def _validate_model(ref: str) -> str:
             f"{resolved.fpn_channels} channels, {resolved.image_size} px, backbone {resolved.backbone.name}")
 
 
+def _validate_space(ref: str) -> str:
+    from ..search.space import load_space
+
+    space = load_space(ref)
+    return (f"ok  {ref}: search space {space.spec.name}, kind {space.spec.kind}, "
+            f"{len(space.spec.points)} known point(s)")
+
+
+def _validate_train(ref: str) -> str:
+    from ..train.config_file import read_train_file
+
+    values = read_train_file(ref)
+    return f"ok  {ref}: training run file ({', '.join(f'{k} {v}' for k, v in list(values.items())[:4])}...)"
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     failed = 0
     for ref in args.paths:
         try:
-            if _is_model_spec(ref):
-                print(_validate_model(ref))
+            kind = _kind_of(ref)
+            if kind != "graph":
+                print({"model": _validate_model, "space": _validate_space, "train": _validate_train}[kind](ref))
                 continue
             g = load_graph(ref)
         except SpecError as e:
