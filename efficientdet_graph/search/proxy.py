@@ -43,17 +43,15 @@ Choices, and the measurements behind them (``search/results/proxy_timing.json``,
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import networkx as nx
 import torch
@@ -61,7 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
-from .._io import atomic_write_text
+from .._io import atomic_write_text, locked
 from ..compile import compile_graph
 from ..errors import EdgError, SpecError
 from ..graph import unroll
@@ -196,17 +194,6 @@ class ProxyModel(nn.Module):
         return self.class_net(pyramid), self.box_net(pyramid)
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 class ProxyTask:
     """Prepares data, the frozen backbone and its cached features once per ``cache_dir``
     and config fingerprint; ``evaluate(graph)`` then trains and scores one architecture."""
@@ -217,7 +204,7 @@ class ProxyTask:
         fp = config.fingerprint()
         self.cache_path = self.cache_dir / f"proxy-{fp}.pt"
         self.builds_path = self.cache_dir / f"proxy-{fp}.builds.json"
-        with _locked(self.cache_dir / f"proxy-{fp}.lock"):
+        with locked(self.cache_dir / f"proxy-{fp}.lock"):
             if not self.cache_path.exists():
                 self._build(fp)
         cache = torch.load(self.cache_path, map_location="cpu", weights_only=True)

@@ -12,20 +12,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import fcntl
 import os
 import socket
 import time
 import warnings
 from pathlib import Path
-from typing import Iterator
 
 import optuna
 from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from .._io import locked  # re-exported: the study's lock
 from ..errors import SearchError
 
 __all__ = ["open_storage", "is_journal", "worker_stamp", "fail_dead_workers", "retry_of", "locked",
@@ -141,17 +139,6 @@ def retry_of(trial: FrozenTrial) -> int | None:
     with warnings.catch_warnings():  # "experimental" since Optuna 2.8, and stable in use
         warnings.simplefilter("ignore")
         return RetryFailedTrialCallback.retried_trial_number(trial)
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def fail_dead_workers(study: optuna.Study) -> list[int]:
