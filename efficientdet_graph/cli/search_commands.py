@@ -249,30 +249,9 @@ def _print_summary(result: dict) -> None:
 
 
 def _existing(args: argparse.Namespace):
-    """The study of ``--out/--study/--storage``, which must exist."""
-    import optuna
+    from ..search import load_study
 
-    from ..errors import SearchError
-    from ..search.storage import open_storage
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    out = Path(args.out)
-    if args.storage is None and not (out / "study.journal").is_file():
-        raise SearchError(f"no study in {out} (no {out / 'study.journal'}); run `edg search run SPACE --out {out}`")
-    storage = open_storage(args.storage, out)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    name = args.study or (names[0] if len(names) == 1 else None)
-    if name is None or name not in names:
-        from ..errors import RegistryError
-
-        raise RegistryError("study", str(name), names)
-    study = optuna.load_study(study_name=name, storage=storage)
-    from ..search import StudyConfig
-
-    saved = study.user_attrs.get("edg_config", {})
-    cfg = StudyConfig(**{k: (tuple(tuple(x) for x in v) if k == "proxy" else v) for k, v in saved.items()
-                         if k in StudyConfig.__dataclass_fields__})
-    return study, cfg
+    return load_study(args.out, args.study, args.storage)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

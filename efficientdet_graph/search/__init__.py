@@ -15,6 +15,7 @@ _LAZY = {
     "run": "efficientdet_graph.search.study",
     "run_worker": "efficientdet_graph.search.study",
     "open_study": "efficientdet_graph.search.study",
+    "load_study": "efficientdet_graph.search.study",
     "best_trials": "efficientdet_graph.search.study",
     "summary": "efficientdet_graph.search.study",
     "write_best": "efficientdet_graph.search.report",

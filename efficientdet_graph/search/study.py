@@ -40,7 +40,7 @@ from .params import Choice, Distribution, FloatRange, IntRange, RecordingAsk
 from .space import SearchSpace, load_space
 from .storage import fail_dead_workers, locked, open_storage, retry_of, worker_stamp
 
-__all__ = ["SAMPLERS", "StudyConfig", "open_study", "run_worker", "run", "trial_status", "slots", "optuna_ask",
+__all__ = ["SAMPLERS", "StudyConfig", "open_study", "load_study", "run_worker", "run", "trial_status", "slots", "optuna_ask",
            "make_sampler", "ResultCache", "requeue_lost", "best_trials", "summary"]
 
 SAMPLERS = ("random", "tpe", "nsga2", "evolution")
@@ -195,6 +195,28 @@ def open_study(cfg: StudyConfig) -> tuple[optuna.Study, SearchSpace]:
         for name in space.spec.points:
             study.enqueue_trial(point_values(space, name), user_attrs={"edg_point": name}, skip_if_exists=True)
     return study, space
+
+
+def load_study(out: str | os.PathLike, study_name: str | None = None,
+               storage: str | None = None) -> tuple[optuna.Study, StudyConfig]:
+    """An existing study of a run folder (or ``storage`` URL) and the settings it was run
+    with; the one study there unless ``study_name`` picks one. Never creates a study."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    out = Path(out)
+    if storage is None and not (out / "study.journal").is_file():
+        raise SearchError(f"no study in {out} (no {out / 'study.journal'}); run `edg search run SPACE --out {out}`")
+    opened = open_storage(storage, out)
+    names = [s.study_name for s in optuna.get_all_study_summaries(opened)]
+    name = study_name or (names[0] if len(names) == 1 else None)
+    if name is None or name not in names:
+        from ..errors import RegistryError
+
+        raise RegistryError("study", str(name), names)
+    study = optuna.load_study(study_name=name, storage=opened)
+    saved = study.user_attrs.get("edg_config", {})
+    cfg = StudyConfig(**{k: (tuple(tuple(x) for x in v) if k == "proxy" else v) for k, v in saved.items()
+                         if k in StudyConfig.__dataclass_fields__})
+    return study, cfg
 
 
 def _check_config(cfg: StudyConfig) -> None:
