@@ -24,6 +24,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from efficientdet_graph.search.storage import retry_of
 from efficientdet_graph.search.study import FINISHED, slots, trial_status
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,9 +75,9 @@ def _journal(out: Path) -> optuna.storages.JournalStorage:
     return optuna.storages.JournalStorage(JournalFileBackend(str(out / "study.journal")))
 
 
-def _trials(storage) -> list:
+def _trials(storage, study: str = "bifpn_edges") -> list:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    return optuna.load_study(study_name="bifpn_edges", storage=storage).get_trials()
+    return optuna.load_study(study_name=study, storage=storage).get_trials()
 
 
 def _check_study(trials: list, budget: int) -> None:
@@ -88,22 +89,16 @@ def _check_study(trials: list, budget: int) -> None:
     assert all(trial_status(t) in FINISHED | {"stale", "surplus"} for t in trials)
 
 
-# ---------------------------------------------------------------------------- journal
-
-
-def test_killed_worker_trial_is_requeued_and_the_study_finishes(proxy_cache, tmp_path):
-    out = _run_dir(proxy_cache, tmp_path / "run")
-    cmd = _command(out, trials=2, epochs=25)  # long trials: time to kill one mid-way
+def _kill_mid_trial(cmd: list[str], trials) -> int:
+    """Start a worker, SIGKILL it while it trains a trial; the number of that trial."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
     killed = None
     try:
         deadline = time.monotonic() + 300
         while killed is None and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
-            if not (out / "study.journal").is_file():
-                continue
             try:
-                running = [t for t in _trials(_journal(out)) if t.state == TrialState.RUNNING
+                running = [t for t in trials() if t.state == TrialState.RUNNING
                            and "edg_key" in t.user_attrs]  # stamped and sampled: it is training
             except KeyError:  # the study is not created yet
                 continue
@@ -115,6 +110,16 @@ def test_killed_worker_trial_is_requeued_and_the_study_finishes(proxy_cache, tmp
             proc.kill()
         proc.wait(timeout=60)  # reaped: a zombie's pid would still look alive
     assert killed is not None, f"no trial was seen running; worker output:\n{proc.stdout.read()}"
+    return killed
+
+
+# ---------------------------------------------------------------------------- journal
+
+
+def test_killed_worker_trial_is_requeued_and_the_study_finishes(proxy_cache, tmp_path):
+    out = _run_dir(proxy_cache, tmp_path / "run")
+    cmd = _command(out, trials=2, epochs=25)  # long trials: time to kill one mid-way
+    killed = _kill_mid_trial(cmd, lambda: _trials(_journal(out)) if (out / "study.journal").is_file() else [])
     trials = _trials(_journal(out))
     assert trials[killed].state == TrialState.RUNNING  # the dead worker left it so
 
@@ -215,3 +220,22 @@ def test_two_workers_on_a_postgresql_server(proxy_cache, tmp_path, postgres):
     workers = Counter(t.user_attrs["edg_worker"] for t in trials)
     assert len(workers) == 2, f"trials by worker: {dict(workers)}"
     assert not (out / "study.journal").exists()  # the study lives in the database
+
+
+def test_killed_worker_on_postgresql_is_retried_once_its_heartbeat_stops(proxy_cache, tmp_path, postgres):
+    out = _run_dir(proxy_cache, tmp_path / "run")
+    storage = optuna.storages.RDBStorage(postgres.replace("postgresql://", "postgresql+psycopg2://"))
+    # heartbeat every 2 s: the dead worker's trial is stale after the 6 s grace period
+    cmd = _command(out, trials=2, epochs=25, extra=("--storage", postgres, "--study", "killed", "--heartbeat", "2"))
+    killed = _kill_mid_trial(cmd, lambda: _trials(storage, "killed"))
+    assert _trials(storage, "killed")[killed].state == TrialState.RUNNING
+
+    _run(cmd)
+    trials = _trials(storage, "killed")
+    assert trials[killed].state == TrialState.FAIL  # by the heartbeat check, not by a retry of our own
+    retries = [t for t in trials if retry_of(t) == killed]
+    assert len(retries) == 1, [(t.number, t.state, retry_of(t)) for t in trials]
+    retry = retries[0]
+    assert retry.state == TrialState.COMPLETE and trial_status(retry) == "done"
+    assert retry.params == trials[killed].params
+    _check_study(trials, 2)
