@@ -317,6 +317,17 @@ def test_status_and_plot(finished_study, edg, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_study_run_again_with_more_trials_is_extended(study_dir, edg):
+    out = study_dir("grow")
+    run(config(out, sampler="random", seed=3, trials=2, seed_points=False))
+    result = run(config(out, sampler="random", seed=3, trials=3, seed_points=False))
+    assert result["finished"] == 3 and result["budget"] == 3
+    code, text, err = edg("search", "status", "--out", out, "--json")
+    assert code == 0, err
+    status = __import__("json").loads(text)
+    assert (status["finished"], status["budget"]) == (3, 3)  # the budget it was last run with
+
+
 def test_status_of_a_missing_study_exits_2(edg, tmp_path):
     code, out, err = edg("search", "status", "--out", tmp_path / "nothing")
     assert code == 2 and "no study" in err

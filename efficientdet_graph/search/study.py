@@ -190,6 +190,10 @@ def open_study(cfg: StudyConfig) -> tuple[optuna.Study, SearchSpace]:
         raise SearchError(f"study {cfg.study_name!r} in this storage was made for space {attrs.get('edg_space')!r} "
                           f"with other settings (objective {was.get('objective')}, proxy {was.get('proxy')}); "
                           "use another --study name or the same settings")
+    elif attrs.get("edg_config", {}).get("trials") != cfg.trials:
+        # the budget is not part of the fingerprint: a study may be extended (or ended early),
+        # and `status`/`best` should count against the budget it was last run with
+        study.set_user_attr("edg_config", {**attrs.get("edg_config", {}), "trials": cfg.trials})
     if cfg.seed_points and not attrs.get("edg_seeded"):
         study.set_user_attr("edg_seeded", True)
         for name in space.spec.points:
