@@ -202,8 +202,8 @@ def check_spec(spec: GraphSpec, src: SourceMap) -> tuple[nx.DiGraph | None, list
 
 
 def _input_levels(spec: GraphSpec, lo: int, hi: int, bad) -> tuple[int, ...]:
-    """The spec's input levels, each mistake reported; what is usable of them is
-    returned (every level when nothing is) so that later checks still run."""
+    """The spec's input levels, each mistake reported. After a mistake every level
+    is returned, so that references to the inputs meant are not reported as well."""
     every = tuple(range(lo, hi + 1))
     if spec.inputs is None:
         return every
@@ -211,19 +211,23 @@ def _input_levels(spec: GraphSpec, lo: int, hi: int, bad) -> tuple[int, ...]:
         bad(("inputs",), f"inputs: name at least one level of [{lo}, {hi}] (or leave 'inputs' out for all)")
         return every
     seen: list[int] = []
+    ok = True
     for i, level in enumerate(spec.inputs):
         if not lo <= level <= hi:
             near = min(every, key=lambda k: abs(k - level))
             bad(("inputs", i), f"input level {level} is outside levels [{lo}, {hi}] (did you mean {near}?)")
+            ok = False
         elif level in seen:
             bad(("inputs", i), f"input level {level} is listed twice")
+            ok = False
         elif seen and level < seen[-1]:
             bad(("inputs", i), f"inputs must be ascending: {level} comes after {seen[-1]} "
                 f"(did you mean {sorted(set(seen) | {level})}?)")
+            ok = False
             seen.append(level)
         else:
             seen.append(level)
-    return tuple(sorted(set(seen))) or every
+    return tuple(seen) if ok else every
 
 
 def _input_level_of(name: str) -> int | None:
