@@ -442,3 +442,59 @@ def test_repeat_of_a_gap_graph_with_outputs_at_its_inputs(write):
     assert "def forward(self, P3_in, P5_in)" in m.code
     with torch.no_grad():
         assert len(m(*example_inputs(m, 100))) == 2
+
+
+# ---------------------------------------------------------------- necks and detectors
+
+
+def test_neck_takes_a_p3_p5_graph(gap):
+    from collections import OrderedDict
+
+    from efficientdet_graph.model import neck
+
+    n = neck(gap, [6, 10], C).eval()
+    randomize(n.fpn)
+    p3, p5 = feats(100, {3: 6, 5: 10})
+    with torch.no_grad():
+        out = n(OrderedDict([("a", p3), ("b", p5)]))
+        want = reference_gap(n.fpn, p3, p5, 100)
+    assert list(out) == ["a", "p4", "b"]  # the made level is named as torchvision names extra levels
+    check_close(list(out.values()), want)
+
+
+def test_neck_of_the_adapter_graph_has_torchvisions_p6_p7_contract(adapter_td):
+    """Keys and shapes as torchvision's own FPN + LastLevelP6P7 give them for the same maps."""
+    from collections import OrderedDict
+
+    from torchvision.ops import FeaturePyramidNetwork
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    from efficientdet_graph.model import neck
+
+    cin = {3: 6, 4: 7, 5: 12}
+    x = OrderedDict(zip(["0", "1", "2"], feats(100, cin)))
+    theirs = FeaturePyramidNetwork(list(cin.values()), C, extra_blocks=LastLevelP6P7(C, C)).eval()
+    ours = neck(adapter_td, list(cin.values()), C).eval()
+    with torch.no_grad():
+        a, b = theirs(x), ours(x)
+    assert list(a) == list(b) == ["0", "1", "2", "p6", "p7"]
+    assert [t.shape for t in a.values()] == [t.shape for t in b.values()]
+
+
+def test_neck_refuses_maps_that_cannot_fill_a_gap(gap):
+    from efficientdet_graph.model import neck
+
+    with pytest.raises(ValueError, match="right above P3"):
+        neck(gap, [6], C)
+
+
+def test_detector_refuses_a_graph_without_every_level(write):
+    from efficientdet_graph.model import create_model
+
+    write(ADAPTER_TD, "adapter_td.yaml")
+    path = write("name: gapdet\ngraph: adapter_td.yaml\nnum_classes: 2\nfpn_channels: 16\n", "det.yaml")
+    with pytest.raises(SpecError) as e:
+        create_model(path)
+    (p,) = e.value.problems
+    assert (p.file, p.line, p.column) == (str(path), 2, 8)
+    assert "takes inputs [3, 4, 5] and gives outputs [3, 4, 5, 6, 7]" in p.message and "neck" in p.message
