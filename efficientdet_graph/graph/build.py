@@ -166,7 +166,8 @@ def check_spec(spec: GraphSpec, src: SourceMap) -> tuple[nx.DiGraph | None, list
                 "(or name the input levels with 'inputs:' to leave some out)", key=True)
     elif not spec.outputs:
         bad(("outputs",), "no outputs: name at least one, e.g. {" + f"{inputs[0]}: <node>" + "}", key=True)
-    if spec.repeat > 1 and tuple(sorted(spec.outputs)) != tuple(inputs):
+    accepted = len(g.graph["outputs"]) == len(spec.outputs)  # else the outputs' own problem says enough
+    if spec.repeat > 1 and accepted and tuple(sorted(spec.outputs)) != tuple(inputs):
         outs = ", ".join(str(k) for k in sorted(spec.outputs))
         bad(("repeat",), f"repeat: {spec.repeat} feeds each copy's outputs to the next copy's inputs, so the "
             f"output levels [{outs}] must be the input levels [{', '.join(str(k) for k in inputs)}]")
