@@ -11,7 +11,18 @@ from pathlib import Path
 import networkx as nx
 
 from .errors import ConfigError
-from .graph import canonical_hash, depths, inner_nodes, inputs_of, is_input, node_option, unroll
+from .graph import (
+    canonical_hash,
+    depths,
+    has_all_levels,
+    inner_nodes,
+    input_levels,
+    inputs_of,
+    is_input,
+    node_option,
+    unroll,
+)
+from .spec import input_name
 
 __all__ = ["summary", "to_mermaid", "to_dot", "draw", "layout"]
 
@@ -40,6 +51,8 @@ def summary(g: nx.DiGraph) -> str:
         extras = [f"{k}={g.nodes[v][k]}" for k in ("fusion", "op", "act") if g.nodes[v].get(k)]
         srcs = ", ".join(inputs_of(g, v))
         lines.append(f"    {v:<{width}}  P{g.nodes[v]['level']}  <- {srcs}" + (f"   [{' '.join(extras)}]" if extras else ""))
+    if not has_all_levels(g):
+        lines.append("  inputs: " + ", ".join(input_name(k) for k in input_levels(g)))
     lines.append("  outputs: " + ", ".join(f"P{k}={v}" for k, v in sorted(g.graph["outputs"].items())))
     return "\n".join(lines)
 

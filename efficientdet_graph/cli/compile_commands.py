@@ -34,7 +34,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("graph", metavar="NAME_OR_PATH")
     p.add_argument("--channels", type=bounded(int, 1, 8192), default=None, help="width of every node (default 64)")
     p.add_argument("--in-channels", default=None, metavar="C[,C...]",
-                   help="channels of the inputs, one number or one per level from the lowest "
+                   help="channels of the inputs, one number or one per input level from the lowest "
                         "(e.g. 40,112,320 for EfficientNet-B0 P3-P5; missing levels get --channels)")
     p.add_argument("--input-size", type=bounded(int, 1, 8192), default=None, metavar="PIXELS",
                    help="image size; prints the output shapes (inferred, no tensors run)")
@@ -46,7 +46,7 @@ class _BadArgs(EdgError):
     pass
 
 
-def _in_channels(text: str | None, lo: int) -> int | dict[int, int] | None:
+def _in_channels(text: str | None, levels: tuple[int, ...]) -> int | dict[int, int] | None:
     if text is None:
         return None
     try:
@@ -55,17 +55,21 @@ def _in_channels(text: str | None, lo: int) -> int | dict[int, int] | None:
         raise _BadArgs(f"--in-channels {text!r}: expected integers separated by commas") from None
     if len(values) == 1:
         return values[0]
-    return {lo + i: c for i, c in enumerate(values)}
+    if len(values) > len(levels):
+        raise _BadArgs(f"--in-channels {text!r}: {len(values)} values, but the graph has "
+                       f"{len(levels)} inputs ({', '.join(f'P{k}' for k in levels)}); the rest would be for levels "
+                       "outside them")
+    return {k: c for k, c in zip(levels, values)}
 
 
 def _build(args: argparse.Namespace):
     from ..compile import compile_graph
+    from ..graph import input_levels
     from ..ops import CompileOptions
     from ..passes import load_graph
 
     g = load_graph(args.graph)
-    lo, _ = g.graph["levels"]
-    cin = _in_channels(args.in_channels, lo)
+    cin = _in_channels(args.in_channels, input_levels(g))
     t0 = time.perf_counter()
     gm = compile_graph(g, args.channels, cin, CompileOptions(padding=args.padding))
     return g, gm, time.perf_counter() - t0
@@ -85,9 +89,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.input_size:
         meta = gm.meta["edg"]
         inputs = infer_shapes(g, args.channels, args.input_size, meta["in_channels"])
-        lo, hi = meta["levels"]
         print(f"inputs for a {args.input_size}x{args.input_size} image (C, H, W):")
-        for k in range(lo, hi + 1):
+        for k in meta["inputs"]:
             print(f"  P{k}_in: {inputs[f'P{k}_in']}")
         print("outputs (C, H, W):")
         for k, shape in output_shapes(g, args.channels, args.input_size, meta["in_channels"]).items():

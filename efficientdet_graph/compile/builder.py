@@ -16,9 +16,9 @@ import networkx as nx
 import torch.fx as fx
 from torch import nn
 
-from ..graph import edge_option, inputs_of, is_input, node_option, topo_order, unroll
+from ..graph import edge_option, input_levels, inputs_of, is_input, node_option, output_levels, topo_order, unroll
 from ..ops import ACTIVATIONS, DOWNSAMPLERS, FUSIONS, NODE_OPS, UPSAMPLERS, CompileOptions
-from ..ops.resample import Adapter, Downsample, Resample
+from ..ops.resample import Adapter, Downsample, Resample, halved_size
 from ..passes import load_graph
 from ..spec import input_name
 from .shapes import channels_by_level
@@ -70,10 +70,12 @@ def compile_graph(
 ) -> fx.GraphModule:
     """Compile a graph (its ``repeat`` unrolled) into a module.
 
-    ``forward(P{lo}_in, ..., P{hi}_in)`` takes one feature map per input level (with
-    ``in_channels`` channels; sizes halving level by level, rounding up) and returns a
-    tuple of the outputs from the lowest level to the highest, each with ``channels``
-    channels.
+    ``forward(P{a}_in, P{b}_in, ...)`` takes one feature map per input level, in level
+    order (with ``in_channels`` channels; sizes halving level by level, rounding up)
+    and returns a tuple of the outputs from the lowest level to the highest, each with
+    ``channels`` channels. A level without an input (a gap, or one above the highest
+    input) has the lowest input's size halved once per level, ``(s - 1) // 2 + 1``:
+    the size an image gives it, so no stand-in tensor is needed.
     """
     g = load_graph(graph) if isinstance(graph, (str, os.PathLike)) else graph
     opts = options or CompileOptions()
@@ -85,8 +87,19 @@ def compile_graph(
     root = nn.Module()
     fg = fx.Graph()
     env: dict[str, fx.Node] = {}
-    for k in range(lo, hi + 1):
+    ins = input_levels(u)
+    for k in ins:
         env[input_name(k)] = fg.create_node("placeholder", input_name(k), name=input_name(k))
+    sizes: dict[int, fx.Node] = {}
+
+    def size_of(level: int) -> fx.Node:
+        """What an edge going up to ``level`` interpolates to: the level's input, else its size."""
+        if input_name(level) in env:
+            return env[input_name(level)]
+        if level not in sizes:
+            sizes[level] = fg.create_node("call_function", halved_size, (env[input_name(ins[0])], level - ins[0]),
+                                          name=f"P{level}_size")
+        return sizes[level]
 
     for v in topo_order(u):
         if is_input(u, v):
@@ -105,7 +118,7 @@ def compile_graph(
                 continue
             edges.add_module(module_name(s), mod)
             # Going up, the level's input tensor gives the exact size to reach.
-            call_args = (env[s], env[input_name(level)]) if slevel > level else (env[s],)
+            call_args = (env[s], size_of(level)) if slevel > level else (env[s],)
             args.append(fg.create_node("call_module", f"{mv}.edges.{module_name(s)}", call_args, name=f"{v}_from_{s}"))
         if len(edges._modules):
             block.edges = edges
@@ -121,7 +134,7 @@ def compile_graph(
         root.add_module(mv, block)
 
     outputs = []
-    for k in range(lo, hi + 1):
+    for k in output_levels(u):
         node = u.graph["outputs"][k]
         x = env[node]
         if is_input(u, node) and width[node] != channels:
@@ -136,5 +149,6 @@ def compile_graph(
     fg.lint()
     name = class_name or "".join(p.capitalize() for p in str(g.graph["name"]).split("_")) or "FeatureNetwork"
     gm = fx.GraphModule(root, fg, class_name=name)
-    gm.meta["edg"] = {"levels": (lo, hi), "channels": channels, "in_channels": cin, "graph": g.graph["name"]}
+    gm.meta["edg"] = {"levels": (lo, hi), "inputs": ins, "outputs": output_levels(u), "channels": channels,
+                      "in_channels": cin, "graph": g.graph["name"]}
     return gm

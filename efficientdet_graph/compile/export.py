@@ -25,22 +25,33 @@ def example_inputs(gm: fx.GraphModule, input_size: int | tuple[int, int], batch:
                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
     """Random feature maps of the right channels and sizes for an image of ``input_size``."""
     meta = _meta(gm)
-    lo, hi = meta["levels"]
     gen = torch.Generator().manual_seed(0)
     return tuple(
         torch.randn(batch, meta["in_channels"][k], *level_size(input_size, k), generator=gen).to(device, dtype)
-        for k in range(lo, hi + 1)
+        for k in _inputs(meta)
     )
+
+
+def _inputs(meta: dict) -> tuple[int, ...]:
+    lo, hi = meta["levels"]
+    return tuple(meta.get("inputs", range(lo, hi + 1)))
+
+
+def _outputs(meta: dict) -> tuple[int, ...]:
+    lo, hi = meta["levels"]
+    return tuple(meta.get("outputs", range(lo, hi + 1)))
 
 
 def dynamic_shapes(gm: fx.GraphModule) -> tuple[dict, ...]:
     """Height and width free, tied across levels: level k is 2**(hi-k) times the top level,
-    so the image size must be a multiple of 2**hi (the top level's size is the free one)."""
-    lo, hi = _meta(gm)["levels"]
+    so the image size must be a multiple of 2**hi (the top level's size is the free one,
+    whether or not that level has an input)."""
+    meta = _meta(gm)
+    hi = meta["levels"][1]
     # A size of 1 is special-cased by the tracer, so the top level starts at 2.
     h = torch.export.Dim("h_top", min=2, max=4096)
     w = torch.export.Dim("w_top", min=2, max=4096)
-    return tuple({2: h * 2 ** (hi - k) if k < hi else h, 3: w * 2 ** (hi - k) if k < hi else w} for k in range(lo, hi + 1))
+    return tuple({2: h * 2 ** (hi - k) if k < hi else h, 3: w * 2 ** (hi - k) if k < hi else w} for k in _inputs(meta))
 
 
 def _tracing_size(gm: fx.GraphModule, input_size: int | tuple[int, int]) -> tuple[int, int]:
@@ -61,13 +72,13 @@ def export_onnx(gm: fx.GraphModule, path: str | os.PathLike, input_size: int | t
     """Write ONNX (opset 18) with dynamic batch-free height/width; needs onnx + onnxscript."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lo, hi = _meta(gm)["levels"]
+    meta = _meta(gm)
     gm = gm.eval()
     args = example_inputs(gm, _tracing_size(gm, input_size))
     tmp = path.with_name(f".{path.name}.tmp")
     torch.onnx.export(
         gm, args, str(tmp), dynamo=True, dynamic_shapes=dynamic_shapes(gm),
-        input_names=[f"P{k}_in" for k in range(lo, hi + 1)], output_names=[f"P{k}_out" for k in range(lo, hi + 1)],
+        input_names=[f"P{k}_in" for k in _inputs(meta)], output_names=[f"P{k}_out" for k in _outputs(meta)],
         external_data=False, verbose=False,
     )
     os.replace(tmp, path)

@@ -13,7 +13,7 @@ from typing import Mapping
 import networkx as nx
 
 from ..errors import ShapeError  # defined in errors.py, re-exported here
-from ..graph import is_input, topo_order, unroll
+from ..graph import is_input, output_levels, topo_order, unroll
 
 __all__ = ["ShapeError", "level_size", "level_sizes", "channels_by_level", "infer_shapes", "output_shapes"]
 
@@ -82,6 +82,6 @@ def output_shapes(
     lo, hi = graph.graph["levels"]
     channels_by_level(lo, hi, channels, in_channels)  # validates the channel arguments
     sizes = level_sizes(input_size, lo, hi)
-    return {k: (channels, *sizes[k]) for k in range(lo, hi + 1)}
+    return {k: (channels, *sizes[k]) for k in output_levels(graph)}
 
 

@@ -4,11 +4,33 @@ from __future__ import annotations
 
 import networkx as nx
 
-__all__ = ["is_input", "inputs_of", "node_option", "edge_option", "topo_order", "inner_nodes", "depths"]
+__all__ = [
+    "is_input", "inputs_of", "node_option", "edge_option", "topo_order", "inner_nodes", "depths",
+    "input_levels", "output_levels", "has_all_levels",
+]
 
 
 def is_input(g: nx.DiGraph, node: str) -> bool:
     return g.nodes[node]["role"] == "input"
+
+
+def input_levels(g: nx.DiGraph) -> tuple[int, ...]:
+    """The levels that have a graph input ``P{k}_in``, ascending (every level of
+    ``levels`` unless the spec named fewer with ``inputs:``)."""
+    return tuple(sorted(d["level"] for _, d in g.nodes(data=True) if d["role"] == "input"))
+
+
+def output_levels(g: nx.DiGraph) -> tuple[int, ...]:
+    """The levels that have an output, ascending (the order a compiled module returns them)."""
+    return tuple(sorted(g.graph["outputs"]))
+
+
+def has_all_levels(g: nx.DiGraph) -> bool:
+    """Whether ``g`` takes an input and gives an output at every level of ``levels``
+    (the shape every graph had before ``inputs:`` existed)."""
+    lo, hi = g.graph["levels"]
+    every = tuple(range(lo, hi + 1))
+    return input_levels(g) == every and output_levels(g) == every
 
 
 def inputs_of(g: nx.DiGraph, node: str) -> list[str]:

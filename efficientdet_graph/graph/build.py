@@ -3,8 +3,10 @@
 The IR (what every later stage reads):
 
 * graph attributes: ``name``, ``description``, ``levels`` (min, max), ``defaults``
-  (dict), ``outputs`` ({level: node}), ``repeat``;
-* input nodes ``P{k}_in``: ``role="input"``, ``level``;
+  (dict), ``outputs`` ({level: node}, any levels inside ``levels``), ``repeat``;
+* input nodes ``P{k}_in``: ``role="input"``, ``level``; one per level of the spec's
+  ``inputs`` (default: every level of ``levels``), so the input levels are read off
+  the nodes (``input_levels``);
 * other nodes: ``role="node"``, ``level``, and only the options the spec set
   (``fusion``, ``op``, ``act``); unset ones come from ``defaults``;
 * edges: ``index`` (position among the destination's inputs) and only the
@@ -42,7 +44,7 @@ def check_spec(spec: GraphSpec, src: SourceMap) -> tuple[nx.DiGraph | None, list
         problems.append(src.problem(path, message, key=key))
 
     if spec.derive is not None:
-        for field in ("levels", "nodes", "edges", "outputs"):
+        for field in ("levels", "inputs", "nodes", "edges", "outputs"):
             if field in spec.model_fields_set:
                 bad((field,), f"a derived spec takes its {field} from {spec.derive.from_!r}; remove {field!r}", True)
         return None, problems
@@ -54,6 +56,8 @@ def check_spec(spec: GraphSpec, src: SourceMap) -> tuple[nx.DiGraph | None, list
         bad(("levels",), f"levels [{lo}, {hi}]: the first (lowest) level must not exceed the last")
         return None, problems
 
+    inputs = _input_levels(spec, lo, hi, bad)
+
     g = nx.DiGraph(
         name=spec.name,
         description=spec.description,
@@ -62,7 +66,7 @@ def check_spec(spec: GraphSpec, src: SourceMap) -> tuple[nx.DiGraph | None, list
         outputs={},
         repeat=spec.repeat,
     )
-    for level in range(lo, hi + 1):
+    for level in inputs:
         g.add_node(input_name(level), role="input", level=level)
 
     for kind in ("fusion", "op", "act", "downsample", "upsample"):
@@ -78,8 +82,17 @@ def check_spec(spec: GraphSpec, src: SourceMap) -> tuple[nx.DiGraph | None, list
             bad(path + ("id",), f"duplicate node id {node.id!r} (already used by {first})")
             skipped.add(i)
             continue
+        if _input_level_of(node.id) is not None:
+            bad(path + ("id",), f"node id {node.id!r} is spelled like a graph input; P{{k}}_in names are "
+                "reserved for the inputs")
         if not lo <= node.level <= hi:
             bad(path + ("level",), f"level {node.level} of node {node.id!r} is outside the input levels [{lo}, {hi}]")
+        elif node.level < inputs[0]:
+            # Sizes halve, rounding up, going up the pyramid; going down they cannot be
+            # recovered from a feature map (2s or 2s - 1?), so no node may lie below
+            # the lowest input.
+            bad(path + ("level",), f"node {node.id!r} is at level {node.level}, below the lowest input "
+                f"P{inputs[0]}_in: its size cannot be known from the inputs (add {node.level} to 'inputs')")
         for kind in NODE_OPTIONS:
             value = getattr(node, kind)
             if value is not None:
@@ -107,7 +120,13 @@ def check_spec(spec: GraphSpec, src: SourceMap) -> tuple[nx.DiGraph | None, list
             bad(path + ("dst",), f"edge destination: {what}")
             ok = False
         if src_name not in g:
-            bad(src_path, f"input of {dst!r}: {_unknown(src_name, g, hints)}")
+            missing_level = _input_level_of(src_name)
+            if missing_level is not None and lo <= missing_level <= hi:
+                have = ", ".join(str(k) for k in inputs)
+                bad(src_path, f"input of {dst!r}: {src_name!r} is not a graph input: level {missing_level} "
+                    f"is not among the inputs [{have}]")
+            else:
+                bad(src_path, f"input of {dst!r}: {_unknown(src_name, g, hints)}")
             ok = False
         if not ok:
             continue
@@ -137,10 +156,21 @@ def check_spec(spec: GraphSpec, src: SourceMap) -> tuple[nx.DiGraph | None, list
             continue
         used_by[name] = level
         g.graph["outputs"][level] = name
-    missing = [lvl for lvl in range(lo, hi + 1) if lvl not in spec.outputs]
-    if missing:
-        names = ", ".join(f"P{m}" for m in missing)
-        bad(("outputs",), f"no output for level(s) {names}: every input level needs exactly one output", key=True)
+    if spec.inputs is None:
+        # Without 'inputs' the spec says nothing about gaps: every level is an input
+        # and needs its output, so a forgotten output is caught here.
+        missing = [lvl for lvl in range(lo, hi + 1) if lvl not in spec.outputs]
+        if missing:
+            names = ", ".join(f"P{m}" for m in missing)
+            bad(("outputs",), f"no output for level(s) {names}: every input level needs exactly one output "
+                "(or name the input levels with 'inputs:' to leave some out)", key=True)
+    elif not spec.outputs:
+        bad(("outputs",), "no outputs: name at least one, e.g. {" + f"{inputs[0]}: <node>" + "}", key=True)
+    accepted = len(g.graph["outputs"]) == len(spec.outputs)  # else the outputs' own problem says enough
+    if spec.repeat > 1 and accepted and tuple(sorted(spec.outputs)) != tuple(inputs):
+        outs = ", ".join(str(k) for k in sorted(spec.outputs))
+        bad(("repeat",), f"repeat: {spec.repeat} feeds each copy's outputs to the next copy's inputs, so the "
+            f"output levels [{outs}] must be the input levels [{', '.join(str(k) for k in inputs)}]")
 
     # Whole-graph checks. A cycle is a cycle even among other mistakes; "reaches no
     # output" waits until the rest is right, since a bad reference would cascade.
@@ -170,6 +200,42 @@ def check_spec(spec: GraphSpec, src: SourceMap) -> tuple[nx.DiGraph | None, list
             if data["role"] == "node" and node not in live:
                 bad(where[node] + ("id",), f"node {node!r} reaches no output (route it to one, or remove it)")
     return (None if problems else g), problems
+
+
+def _input_levels(spec: GraphSpec, lo: int, hi: int, bad) -> tuple[int, ...]:
+    """The spec's input levels, each mistake reported. After a mistake every level
+    is returned, so that references to the inputs meant are not reported as well."""
+    every = tuple(range(lo, hi + 1))
+    if spec.inputs is None:
+        return every
+    if not spec.inputs:
+        bad(("inputs",), f"inputs: name at least one level of [{lo}, {hi}] (or leave 'inputs' out for all)")
+        return every
+    seen: list[int] = []
+    ok = True
+    for i, level in enumerate(spec.inputs):
+        if not lo <= level <= hi:
+            near = min(every, key=lambda k: abs(k - level))
+            bad(("inputs", i), f"input level {level} is outside levels [{lo}, {hi}] (did you mean {near}?)")
+            ok = False
+        elif level in seen:
+            bad(("inputs", i), f"input level {level} is listed twice")
+            ok = False
+        elif seen and level < seen[-1]:
+            bad(("inputs", i), f"inputs must be ascending: {level} comes after {seen[-1]} "
+                f"(did you mean {sorted(set(seen) | {level})}?)")
+            ok = False
+            seen.append(level)
+        else:
+            seen.append(level)
+    return tuple(seen) if ok else every
+
+
+def _input_level_of(name: str) -> int | None:
+    """The level ``k`` if ``name`` is spelled like a graph input ``P{k}_in``."""
+    if name.startswith("P") and name.endswith("_in") and name[1:-3].isdigit():
+        return int(name[1:-3])
+    return None
 
 
 def _is_ref(spec: GraphSpec, path: tuple) -> bool:

@@ -6,7 +6,7 @@ import networkx as nx
 import yaml
 
 from ..spec import Defaults, GraphSpec, InputRef, NodeSpec
-from .access import inner_nodes, inputs_of
+from .access import has_all_levels, inner_nodes, input_levels, inputs_of
 from .build import EDGE_OPTIONS, NODE_OPTIONS
 
 __all__ = ["graph_to_spec", "spec_to_yaml", "graph_to_yaml"]
@@ -25,6 +25,8 @@ def graph_to_spec(g: nx.DiGraph) -> GraphSpec:
         name=g.graph["name"],
         description=g.graph.get("description", ""),
         levels=tuple(g.graph["levels"]),
+        # spelled out only where it is not implied, so that existing specs export unchanged
+        inputs=None if has_all_levels(g) else input_levels(g),
         defaults=Defaults(**g.graph["defaults"]),
         nodes=tuple(nodes),
         outputs=dict(sorted(g.graph["outputs"].items())),
@@ -49,7 +51,7 @@ def spec_to_yaml(spec: GraphSpec) -> str:
     lines = [f"name: {flow(data['name'])}"]
     if data.get("description"):
         lines.append(f"description: {flow(data['description'])}")
-    for key in ("levels", "defaults", "derive"):
+    for key in ("levels", "inputs", "defaults", "derive"):
         if key in data:
             lines.append(f"{key}: {flow(data[key])}")
     if data.get("nodes"):

@@ -6,7 +6,7 @@ import networkx as nx
 
 from ..errors import PassError
 from ..spec import MAX_NODES, input_name
-from .access import is_input
+from .access import input_levels, is_input, output_levels
 
 __all__ = ["stack_layers", "unroll", "layer_name"]
 
@@ -27,11 +27,14 @@ def stack_layers(g: nx.DiGraph, n: int) -> nx.DiGraph:
     inner = [v for v in g if not is_input(g, v)]
     if len(inner) * n > MAX_NODES:
         raise PassError(f"repeating {len(inner)} nodes {n} times exceeds the limit of {MAX_NODES} nodes")
-    lo, hi = g.graph["levels"]
+    ins = input_levels(g)
+    if output_levels(g) != ins:
+        raise PassError(f"cannot repeat: copy k's outputs feed copy k+1's inputs, but the output levels "
+                        f"{list(output_levels(g))} are not the input levels {list(ins)}")
     out = nx.DiGraph(**{**g.graph, "outputs": {}, "repeat": 1})
-    for level in range(lo, hi + 1):
+    for level in ins:
         out.add_node(input_name(level), **g.nodes[input_name(level)])
-    feed = {level: input_name(level) for level in range(lo, hi + 1)}
+    feed = {level: input_name(level) for level in ins}
     for k in range(1, n + 1):
         rename = {input_name(level): feed[level] for level in feed}
         for v in inner:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..compile import compile_graph, level_size
-from ..graph import is_input, unroll
+from ..graph import has_all_levels, input_levels, is_input, output_levels, unroll
 from ..errors import EdgError, Problem, RegistryError, SpecError, close_match
 from ..ops import CompileOptions
 from ..passes import load_graph
@@ -52,6 +52,8 @@ class EfficientDet(nn.Module):
         super().__init__()
         if spec.head_channels != spec.fpn_channels:
             raise SpecError.single(f"<{spec.name}>", "head_channels must equal fpn_channels (heads read the pyramid)")
+        if not has_all_levels(graph):
+            raise SpecError.single(f"<{spec.name}>", _not_every_level(repr(graph.graph["name"]), graph))
         self.spec = spec
         self.graph = graph
         # label i is class_names[i]; set from the data's categories by training, kept in checkpoints
@@ -97,6 +99,14 @@ def load_model_spec(ref: str | os.PathLike) -> tuple[ModelSpec, SourceMap, Path]
     return reading.raise_problems(), reading.source, path
 
 
+def _not_every_level(name: str, graph: nx.DiGraph) -> str:
+    lo, hi = graph.graph["levels"]
+    return (f"graph {name} takes inputs {list(input_levels(graph))} and gives outputs "
+            f"{list(output_levels(graph))}; a detector's feature network takes and gives every level of "
+            f"[{lo}, {hi}] (the input adapter makes the levels the backbone lacks, and fpn_repeat chains copies "
+            "level by level): use such a graph here, or this one as a neck (efficientdet_graph.neck)")
+
+
 def model_graph(spec: ModelSpec, src: SourceMap | None = None, base: Path | None = None) -> nx.DiGraph:
     """The feature graph a model spec names, checked against the spec."""
     src = src or SourceMap(f"<{spec.name}>")
@@ -112,6 +122,8 @@ def model_graph(spec: ModelSpec, src: SourceMap | None = None, base: Path | None
             problems.append(src.problem(("fusion",), f"fusion {spec.fusion!r} takes exactly {arity} inputs, but "
                                         f"graph {spec.graph!r} has {len(bad)} node(s) with another number: "
                                         f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"))
+    if not has_all_levels(graph):
+        problems.append(src.problem(("graph",), _not_every_level(repr(spec.graph), graph)))
     if spec.levels is not None and tuple(spec.levels) != tuple(graph.graph["levels"]):
         problems.append(src.problem(("levels",), f"levels {list(spec.levels)} differ from graph "
                                     f"{spec.graph!r}'s levels {list(graph.graph['levels'])}"))

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..compile import compile_graph
-from ..graph import build_graph, unroll
+from ..graph import build_graph, input_levels, output_levels, unroll
 from ..ops import CompileOptions
 from ..passes import load_graph
 from ..spec import GraphSpec
@@ -39,7 +39,8 @@ def _as_graph(graph: nx.DiGraph | GraphSpec | str | os.PathLike) -> nx.DiGraph:
 
 class GraphNeck(nn.Module):
     """``OrderedDict`` of backbone maps (lowest stride first) → ``OrderedDict`` of pyramid
-    maps with ``out_channels`` channels: the input keys, then ``p{level}`` per extra level."""
+    maps with ``out_channels`` channels, one per output level of the graph: the key of the
+    map fed at that level, else ``p{level}``."""
 
     def __init__(self, graph: nx.DiGraph, in_channels: Sequence[int], out_channels: int,
                  repeat: int | None = None, fusion: str | None = None, options: CompileOptions | None = None):
@@ -50,21 +51,31 @@ class GraphNeck(nn.Module):
             if fusion is not None:
                 defaults["fusion"] = fusion
             g.graph = {**g.graph, "defaults": defaults, "repeat": repeat if repeat is not None else g.graph["repeat"]}
-        lo, hi = g.graph["levels"]
-        self.levels = list(range(lo, hi + 1))
+        ins = input_levels(g)
         in_channels = [int(c) for c in in_channels]
         if not in_channels:
             raise ValueError("neck: in_channels lists no feature maps")
-        if len(in_channels) > len(self.levels):
+        named = ", ".join(f"P{k}" for k in ins)
+        if len(in_channels) > len(ins):
             raise ValueError(f"neck: {len(in_channels)} input maps, but graph {g.graph['name']!r} has only "
-                             f"{len(self.levels)} levels (P{lo}-P{hi}); use a graph with more levels "
+                             f"{len(ins)} levels with an input ({named}); use a graph with more levels "
                              f"(edg new bifpn --levels ...) or fewer maps")
-        opts = options or CompileOptions()
         self.num_inputs = len(in_channels)
-        self.extra_levels = self.levels[self.num_inputs:]
+        fed = ins[: self.num_inputs]
+        # Inputs the body does not give are made from its top map, one halving per level,
+        # so they must be the levels right above the last one it gives.
+        self.extra_levels = list(ins[self.num_inputs:])
+        if self.extra_levels != list(range(fed[-1] + 1, fed[-1] + 1 + len(self.extra_levels))):
+            raise ValueError(f"neck: graph {g.graph['name']!r} takes inputs {named}; {len(in_channels)} maps feed "
+                             f"{', '.join(f'P{k}' for k in fed)}, and the input adapter can make only the levels "
+                             f"right above P{fed[-1]}, not {', '.join(f'P{k}' for k in self.extra_levels)}: give "
+                             f"{len(ins)} maps")
+        self.levels = list(output_levels(g))
+        self.fed_levels = list(fed)
+        opts = options or CompileOptions()
         self.out_channels = out_channels
         self.adapter = InputAdapter(in_channels[-1], self.extra_levels, out_channels, opts)
-        cin = {level: (in_channels[i] if i < self.num_inputs else out_channels) for i, level in enumerate(self.levels)}
+        cin = {level: (in_channels[i] if i < self.num_inputs else out_channels) for i, level in enumerate(ins)}
         self.fpn = compile_graph(g, out_channels, cin, opts)
 
     def forward(self, x: "OrderedDict[str, torch.Tensor]") -> "OrderedDict[str, torch.Tensor]":
@@ -72,7 +83,9 @@ class GraphNeck(nn.Module):
         if len(feats) != self.num_inputs:
             raise ValueError(f"neck: expected {self.num_inputs} feature maps, got {len(feats)} ({keys})")
         outs = self.fpn(*self.adapter(feats))
-        names = keys + [f"p{level}" for level in self.extra_levels]
+        # an output keeps the key of the map that fed its level; a level made inside is p{level}
+        key_of = dict(zip(self.fed_levels, keys))
+        names = [key_of.get(level, f"p{level}") for level in self.levels]
         return OrderedDict(zip(names, outs))
 
 
@@ -81,7 +94,10 @@ def neck(graph: nx.DiGraph | GraphSpec | str | os.PathLike, in_channels: Sequenc
     """A graph (built-in name, path, ``GraphSpec`` or IR) as a detector neck.
 
     ``in_channels``: channels of the maps the body returns, lowest stride first; they
-    feed the graph's lowest levels, the rest of its levels are made from the top map.
+    feed the graph's lowest input levels, the rest of its inputs are made from the top
+    map. A graph may take inputs with gaps (``inputs: [3, 5]``) and give outputs at
+    other levels than its inputs; an output keeps the key of the map fed at its level,
+    others are named ``p{level}``.
     ``repeat`` stacks copies of the graph (as a model spec's ``fpn_repeat``); ``fusion``
     replaces the graph's default fusion.
     """

@@ -9,7 +9,7 @@ from torch import nn
 
 from .registry import DOWNSAMPLERS, UPSAMPLERS, CompileOptions
 
-__all__ = ["Adapter", "MaxPoolSame", "AvgPoolSame", "Downsample", "Upsample", "Resample"]
+__all__ = ["Adapter", "MaxPoolSame", "AvgPoolSame", "Downsample", "Upsample", "Resample", "halved_size"]
 
 
 def _same_pad(x: torch.Tensor) -> list[int]:
@@ -70,18 +70,30 @@ DOWNSAMPLERS.register("avg_pool")(lambda c, opts: AvgPoolSame(opts.padding == "s
 DOWNSAMPLERS.register("conv")(lambda c, opts: StridedConv(c, opts))
 
 
+def halved_size(x: torch.Tensor, times: int) -> tuple[int, int]:
+    """The (height, width) of ``x`` halved ``times`` times, rounding up: ``(s - 1) // 2 + 1``
+    each time, the size a pyramid level has ``times`` levels above ``x``'s (what a
+    compiled graph uses for a level that has no input tensor)."""
+    h, w = x.shape[-2:]
+    for _ in range(times):
+        h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    return h, w
+
+
 class Upsample(nn.Module):
-    """Interpolate to the size of ``like``, a tensor of the destination level (halving
-    with rounding up can make it other than exactly twice the source)."""
+    """Interpolate to the size of ``like``: a tensor of the destination level, or that
+    level's (height, width) (halving with rounding up can make it other than exactly
+    twice the source)."""
 
     def __init__(self, mode: str):
         super().__init__()
         self.mode = mode
 
-    def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, like: torch.Tensor | tuple[int, int]) -> torch.Tensor:
+        size = like.shape[-2:] if isinstance(like, torch.Tensor) else like
         if self.mode == "nearest":
-            return F.interpolate(x, size=like.shape[-2:], mode="nearest")
-        return F.interpolate(x, size=like.shape[-2:], mode=self.mode, align_corners=False)
+            return F.interpolate(x, size=size, mode="nearest")
+        return F.interpolate(x, size=size, mode=self.mode, align_corners=False)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"
@@ -112,5 +124,5 @@ class Resample(nn.Module):
         self.adapter = adapter if adapter is not None else nn.Identity()
         self.up = up
 
-    def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, like: torch.Tensor | tuple[int, int]) -> torch.Tensor:
         return self.up(self.adapter(x), like)

@@ -76,11 +76,12 @@ def prune_single_input(g: nx.DiGraph) -> PassResult:
 
 
 def add_same_level_skips(g: nx.DiGraph) -> PassResult:
-    """Add an edge from the level-k input to the level-k output wherever it is missing."""
+    """Add an edge from the level-k input to the level-k output wherever it is missing
+    (levels without an input, made inside the graph, get none)."""
     out, changes = _copy(g), []
     for level, node in sorted(out.graph["outputs"].items()):
         src = input_name(level)
-        if is_input(out, node) or out.has_edge(src, node):
+        if src not in out or is_input(out, node) or out.has_edge(src, node):
             continue
         out.add_edge(src, node, index=out.in_degree(node))
         changes.append(f"added edge {src} -> {node}")

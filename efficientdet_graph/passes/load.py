@@ -8,7 +8,7 @@ from pathlib import Path
 import networkx as nx
 
 from ..errors import EdgError, SpecError
-from ..graph import check_spec
+from ..graph import check_spec, input_levels, output_levels
 from ..spec import SourceMap, read_spec
 from ..spec.builtin import resolve_ref
 from .pipeline import run_pass
@@ -73,6 +73,10 @@ def _load(ref, relative_to: Path | None, chain: tuple[Path, ...],
     if "defaults" in spec.model_fields_set:
         g.graph["defaults"] = spec.defaults.model_dump()
     if "repeat" in spec.model_fields_set:
+        if spec.repeat > 1 and input_levels(g) != output_levels(g):
+            raise SpecError([src.problem(("repeat",), f"repeat: {spec.repeat} feeds each copy's outputs to the "
+                                         f"next copy's inputs, but {spec.derive.from_!r} has output levels "
+                                         f"{list(output_levels(g))} and input levels {list(input_levels(g))}")])
         g.graph["repeat"] = spec.repeat
     return g
 

@@ -26,7 +26,7 @@ import networkx as nx
 from .._io import atomic_write_text
 from ..compile import channels_by_level, level_sizes, module_name
 from ..errors import EdgError, PassError, RegistryError, SpecError
-from ..graph import inputs_of, is_input, layer_name, topo_order
+from ..graph import input_levels, inputs_of, is_input, layer_name, topo_order
 from ..ops import ACTIVATIONS, DOWNSAMPLERS, FUSIONS, NODE_OPS, UPSAMPLERS, CompileOptions
 from ..spec import MAX_NODES, ModelSpec, SourceMap, input_name
 
@@ -223,7 +223,6 @@ def _feature_network(g: nx.DiGraph, channels: int, cin: Mapping[int, int], sizes
     (layer k's outputs feed layer k + 1), without copying the graph; a node's cost
     depends only on its sources' widths, so layers after the first are counted once."""
     n = g.graph.get("repeat", 1)
-    lo, hi = g.graph["levels"]
     order = [v for v in topo_order(g) if not is_input(g, v)]
     if n > 1 and len(order) * n > MAX_NODES:
         raise PassError(f"repeating {len(order)} nodes {n} times exceeds the limit of {MAX_NODES} nodes")
@@ -240,7 +239,7 @@ def _feature_network(g: nx.DiGraph, channels: int, cin: Mapping[int, int], sizes
                      data.get("op") or defaults["op"], data.get("act") or defaults["act"]))
     outputs = g.graph["outputs"]
     total, nodes = _Acc(), {}
-    feed = {level: cin[level] for level in range(lo, hi + 1)}  # width of what enters each level
+    feed = {level: cin[level] for level in input_levels(g)}  # width of what enters each level
     memo: dict[tuple, tuple[int, int, int]] = {}
     for k in range(1, n + 1):
         width = {input_name(level): w for level, w in feed.items()}
@@ -253,7 +252,7 @@ def _feature_network(g: nx.DiGraph, channels: int, cin: Mapping[int, int], sizes
             nodes[module_name(layer_name(k, v) if n > 1 else v)] = {"params": params, "flops": flops}
             total.add(params, flops, bn)
             width[v] = channels
-        feed = {level: width[outputs[level]] for level in feed}
+        feed = {level: width[node] for level, node in outputs.items()}  # outputs == inputs where n > 1
     for level, w in feed.items():  # an input passed straight out leaves with the network's width
         if w != channels:
             total.conv(w, channels, 1, sizes[level])

@@ -62,7 +62,7 @@ from torchvision.ops import sigmoid_focal_loss
 from .._io import atomic_write_text, locked
 from ..compile import compile_graph
 from ..errors import EdgError, SpecError
-from ..graph import unroll
+from ..graph import has_all_levels, input_levels, output_levels, unroll
 from ..model import Anchors, load_model, postprocess, save_atomic
 from ..model.adapter import InputAdapter
 from ..model.backbone import Backbone
@@ -171,6 +171,11 @@ class ProxyModel(nn.Module):
                  num_classes: int, anchor_scale: float, act: str):
         super().__init__()
         lo, hi = graph.graph["levels"]
+        if not has_all_levels(graph):
+            raise SpecError.single(f"<{graph.graph.get('name', 'graph')}>",
+                                   f"graph takes inputs {list(input_levels(graph))} and gives outputs "
+                                   f"{list(output_levels(graph))}: the proxy detector needs every level of "
+                                   f"[{lo}, {hi}] in and out")
         self.levels = list(range(lo, hi + 1))
         have = sorted(backbone_channels)
         if lo < have[0]:

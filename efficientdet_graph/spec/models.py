@@ -106,7 +106,12 @@ class GraphSpec(_Frozen):
     name: Name
     description: StrictStr = ""
     levels: tuple[Level, Level] | None = Field(
-        default=None, description="inclusive [min, max] of the input levels, e.g. [3, 7]"
+        default=None, description="inclusive [min, max] of the pyramid's levels, e.g. [3, 7]"
+    )
+    inputs: tuple[Level, ...] | None = Field(
+        default=None,
+        description="the levels that have a graph input P{k}_in, ascending, e.g. [3, 5]; "
+        "default: every level of `levels`",
     )
     defaults: Defaults = Defaults()
     nodes: tuple[NodeSpec, ...] = Field(default=(), max_length=MAX_NODES)
