@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from efficientdet_graph import SpecError, load_graph
+from efficientdet_graph import ConfigError, SpecError, load_graph
 from efficientdet_graph.compile import compile_graph, output_shapes
 from efficientdet_graph.compile.export import example_inputs, export_program
 from efficientdet_graph.graph import graph_to_yaml, input_levels, output_levels, same_structure
@@ -484,7 +484,7 @@ def test_neck_of_the_adapter_graph_has_torchvisions_p6_p7_contract(adapter_td):
 def test_neck_refuses_maps_that_cannot_fill_a_gap(gap):
     from efficientdet_graph.model import neck
 
-    with pytest.raises(ValueError, match="right above P3"):
+    with pytest.raises(ConfigError, match="right above P3"):
         neck(gap, [6], C)
 
 

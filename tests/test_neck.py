@@ -18,6 +18,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 import efficientdet_graph as edg
+from efficientdet_graph import ConfigError
 from efficientdet_graph.model import BackboneWithNeck, neck
 from efficientdet_graph.train import CocoDetection, make_synthetic, resolve_data
 
@@ -69,7 +70,7 @@ def test_neck_matches_torchvisions_fpn_contract():
 
 
 def test_neck_rejects_more_maps_than_levels():
-    with pytest.raises(ValueError, match="has only 5 levels"):
+    with pytest.raises(ConfigError, match="has only 5 levels"):
         neck("bifpn", [8] * 6, 16)
 
 

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from ..errors import RegistryError
+from ..errors import ConfigError, RegistryError
 
 __all__ = ["Backbone", "create_body", "pick_levels"]
 
@@ -41,7 +41,7 @@ def pick_levels(name: str, reductions: list[int], channels: list[int], levels: r
     wanted = [level for level in levels if level <= top]
     missing = [level for level in wanted if level not in by_level]
     if missing or not wanted:
-        raise ValueError(
+        raise ConfigError(
             f"backbone {name} gives levels {sorted(by_level)}; the graph needs levels "
             f"{list(levels)} (levels above {top} are made by the input adapter)"
         )

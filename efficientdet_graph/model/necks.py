@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..compile import compile_graph
+from ..errors import ConfigError
 from ..graph import build_graph, input_levels, output_levels, unroll
 from ..ops import CompileOptions
 from ..passes import load_graph
@@ -54,10 +55,10 @@ class GraphNeck(nn.Module):
         ins = input_levels(g)
         in_channels = [int(c) for c in in_channels]
         if not in_channels:
-            raise ValueError("neck: in_channels lists no feature maps")
+            raise ConfigError("neck: in_channels lists no feature maps")
         named = ", ".join(f"P{k}" for k in ins)
         if len(in_channels) > len(ins):
-            raise ValueError(f"neck: {len(in_channels)} input maps, but graph {g.graph['name']!r} has only "
+            raise ConfigError(f"neck: {len(in_channels)} input maps, but graph {g.graph['name']!r} has only "
                              f"{len(ins)} levels with an input ({named}); use a graph with more levels "
                              f"(edg new bifpn --levels ...) or fewer maps")
         self.num_inputs = len(in_channels)
@@ -66,7 +67,7 @@ class GraphNeck(nn.Module):
         # so they must be the levels right above the last one it gives.
         self.extra_levels = list(ins[self.num_inputs:])
         if self.extra_levels != list(range(fed[-1] + 1, fed[-1] + 1 + len(self.extra_levels))):
-            raise ValueError(f"neck: graph {g.graph['name']!r} takes inputs {named}; {len(in_channels)} maps feed "
+            raise ConfigError(f"neck: graph {g.graph['name']!r} takes inputs {named}; {len(in_channels)} maps feed "
                              f"{', '.join(f'P{k}' for k in fed)}, and the input adapter can make only the levels "
                              f"right above P{fed[-1]}, not {', '.join(f'P{k}' for k in self.extra_levels)}: give "
                              f"{len(ins)} maps")
@@ -81,7 +82,7 @@ class GraphNeck(nn.Module):
     def forward(self, x: "OrderedDict[str, torch.Tensor]") -> "OrderedDict[str, torch.Tensor]":
         keys, feats = list(x.keys()), list(x.values())
         if len(feats) != self.num_inputs:
-            raise ValueError(f"neck: expected {self.num_inputs} feature maps, got {len(feats)} ({keys})")
+            raise ConfigError(f"neck: expected {self.num_inputs} feature maps, got {len(feats)} ({keys})")
         outs = self.fpn(*self.adapter(feats))
         # an output keeps the key of the map that fed its level; a level made inside is p{level}
         key_of = dict(zip(self.fed_levels, keys))

@@ -9,6 +9,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 __all__ = ["measure_latency"]
 
 
@@ -46,7 +48,7 @@ def measure_latency(
     The model is moved to ``device`` (default: CUDA when available, else the CPU). The
     first compiled call (compilation) is timed apart and never in the median."""
     if reps < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1:
-        raise ValueError("need reps >= 1, warmup >= 0 and batch sizes >= 1")
+        raise ConfigError("need reps >= 1, warmup >= 0 and batch sizes >= 1")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.eval().to(dev)
     compiled = torch.compile(model, backend=backend) if compile else None
