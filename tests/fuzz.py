@@ -33,9 +33,9 @@ from typing import Callable
 import torch
 
 from efficientdet_graph import __version__
-from efficientdet_graph.compile import compile_graph
+from efficientdet_graph.compile import compile_graph, level_size
 from efficientdet_graph.errors import SpecError
-from efficientdet_graph.graph import graph_to_yaml
+from efficientdet_graph.graph import graph_to_yaml, has_all_levels, input_levels, output_levels
 from efficientdet_graph.model import build as model_build
 from efficientdet_graph.model.build import build_model, load_model_spec
 from efficientdet_graph.passes import load_graph
@@ -200,12 +200,27 @@ def m_model_field(text, rnd):
     return text.rstrip("\n") + f"\n{key}: {value}\n"
 
 
+def m_levels(text, rnd):
+    """Declared input levels and outputs at other levels (level gaps), sane and hostile."""
+    if rnd.random() < 0.6:
+        value = rnd.choice(["[3, 5]", "[3]", "[5, 3]", "[3, 3]", "[]", "[2, 9]", "[4, 5, 6, 7]", "3", "[3, 4, 5]",
+                            "[7]", "{a: 1}", "[3.5]", "[true]", "[3, 4, 5, 6, 7]", "[-1]", "[4, 6]"])
+        text = re.sub(r"^inputs:.*\n", "", text, flags=re.M)
+        return text.rstrip("\n") + f"\ninputs: {value}\n"
+    outs = re.findall(r"\b(\d+): *([A-Za-z_]\w*)", (re.search(r"^outputs:.*$", text, re.M) or re.match("", "")).group())
+    if not outs:
+        return text
+    keep = rnd.sample(outs, rnd.randint(1, len(outs)))
+    mapping = ", ".join(f"{lvl}: {node}" for lvl, node in keep)
+    return re.sub(r"^outputs:.*$", f"outputs: {{{mapping}}}", text, count=1, flags=re.M)
+
+
 MUTATIONS: dict[str, Callable[[str, random.Random], str]] = {
     "delete_line": m_delete_line, "duplicate_line": m_duplicate_line, "swap_lines": m_swap_lines,
     "indent": m_indent, "truncate": m_truncate, "type_change": m_type_change, "huge_number": m_huge_number,
     "tag": m_tag, "control_byte": m_control_byte, "stray_char": m_stray_char, "nesting": m_nesting,
     "alias": m_alias, "reference": m_reference, "keyword_id": m_keyword_id, "rename_ref": m_rename_ref,
-    "model_field": m_model_field,
+    "model_field": m_model_field, "levels": m_levels,
 }
 GRAPH_KINDS = [k for k in MUTATIONS if k != "model_field"]
 MODEL_KINDS = list(MUTATIONS)
@@ -293,6 +308,13 @@ def check_graph(path: Path) -> str:
     if key not in _COMPILED:  # an identical IR compiles identically (a comment or description changed)
         with torch.device("meta"):  # the modules, without spending time on weights
             compile_graph(g, 4)
+        if not has_all_levels(g):  # made levels take their size from the lowest input: run it, odd sizes
+            gm = compile_graph(g, 2).eval()
+            feats = [torch.zeros(1, 2, *level_size((37, 50), k)) for k in input_levels(g)]
+            outs = gm(*feats)
+            want = [level_size((37, 50), k) for k in output_levels(g)]
+            if [tuple(o.shape[-2:]) for o in outs] != want:
+                raise AssertionError(f"output sizes {[tuple(o.shape) for o in outs]}, expected {want}")
         _COMPILED.add(key)
     return "valid"
 
@@ -326,8 +348,11 @@ _BUILT_ERRORS: dict[str, SpecError] = {}
 
 
 def sources() -> list[tuple[str, str, str]]:
-    """(kind, name, text) of every built-in graph and model spec."""
+    """(kind, name, text) of every built-in graph and model spec, and the level-gap graphs of the tests."""
+    from test_level_gaps import ADAPTER, ADAPTER_TD, GAP  # graphs with level gaps: no built-in has one
+
     out = [("graph", p.stem, p.read_text()) for p in sorted(builtin_dir("graphs").glob("*.yaml"))]
+    out += [("graph", name, text) for name, text in (("gap35", GAP), ("adapter", ADAPTER), ("adapter_td", ADAPTER_TD))]
     out += [("model", p.stem, p.read_text()) for p in sorted(builtin_dir("specs").glob("*.yaml"))]
     return out
 
