@@ -84,6 +84,7 @@ def test_file_fields_reach_the_config(tmp_path):
     cfg = run_config("train", "--config", f)
     assert cfg.augment is None and cfg.amp == "off" and cfg.save_every == 7  # YAML's bare `off` is False: taken as 'off'
     assert cfg.class_names == ("a", "b", "c") and cfg.sync_bn is True
+    assert run_config("train", "--config", run_file(tmp_path, "augment: off\n")).augment is None
     f = run_file(tmp_path, "augment: {hflip: 0}\n")
     assert run_config("train", "--config", f).augment == Augment(hflip=0, scale=(0.5, 1.5))  # the rest: defaults
     f = run_file(tmp_path, "augment: {scale: [0.8, 1.25]}\n")
@@ -146,3 +147,13 @@ def test_bad_values_are_located(edg, tmp_path, text, words):
     code, out, err = edg("train", "--config", f)
     assert code == 2, err
     assert f"{f}:2:" in err and all(w in err for w in words), err
+
+
+def test_readme_shows_the_example():
+    """The README's run file is examples/custom.yaml but for the data path."""
+    readme = (EXAMPLE.parent.parent / "README.md").read_text()
+    section = readme[readme.index("### A run as a file"):]
+    block = section[section.index("```yaml\n") + 8:section.index("```\n", section.index("```yaml"))]
+    example = [line for line in EXAMPLE.read_text().splitlines() if line and not line.startswith("#")]
+    assert [line for line in block.splitlines() if not line.startswith("data:")] == \
+        [line for line in example if not line.startswith("data:")]
