@@ -157,3 +157,9 @@ def test_readme_shows_the_example():
     example = [line for line in EXAMPLE.read_text().splitlines() if line and not line.startswith("#")]
     assert [line for line in block.splitlines() if not line.startswith("data:")] == \
         [line for line in example if not line.startswith("data:")]
+
+
+def test_class_names_flag_overrides_the_file(tmp_path):
+    f = run_file(tmp_path, "class_names: [a, b]\n")
+    assert run_config("train", "--config", f).class_names == ("a", "b")
+    assert run_config("train", "--config", f, "--class-names", "x", "y", "z").class_names == ("x", "y", "z")

@@ -114,3 +114,14 @@ def test_class_names_name_the_categories(data, tmp_path):
                                         r"\(circle, square, triangle\)"):
         train(TrainConfig(model="micro", data=str(data), out=str(tmp_path / "b"), batch_size=8, quiet=True,
                           epochs=1, max_steps=1, class_names=("round", "box")))
+
+
+def test_a_config_rebuilds_from_its_asdict():
+    """Checkpoints and results files keep asdict(config): it builds the same TrainConfig again."""
+    from dataclasses import asdict
+
+    for cfg in (TrainConfig(), TrainConfig(augment=Augment(0.2, (0.9, 1.1)), class_names=("a", "b"), amp="bf16"),
+                TrainConfig(augment=None)):
+        plain = json.loads(json.dumps(asdict(cfg)))  # as a results file holds it: lists, no tuples
+        assert TrainConfig(**plain) == cfg
+    assert TrainConfig(augment={"hflip": 0.0}).augment == Augment(0.0, (0.5, 1.5))

@@ -83,6 +83,8 @@ def _train_args(p: argparse.ArgumentParser, default_out: str = "runs/train") -> 
     p.add_argument("--amp", choices=AMP_MODES, default="auto",
                    help="mixed precision: auto (CUDA: bf16 where the GPU has it, else fp16 with loss scaling; "
                         "CPU: off), off, bf16 or fp16 (both also on CPU)")
+    p.add_argument("--class-names", nargs="+", default=None, metavar="NAME",
+                   help="display names of the data's categories, in category-id order (default: the data's)")
     p.add_argument("--log-every", type=bounded(int, 1, 10**9), default=10, help="steps between metrics lines")
     p.add_argument("--synthetic-train", type=bounded(int, 1, 1_000_000), default=512)
     p.add_argument("--synthetic-val", type=bounded(int, 0, 1_000_000), default=128)
@@ -104,6 +106,7 @@ def _config(args: argparse.Namespace, **override):
         graph=args.graph, resume=args.resume, freeze_bn=args.freeze_bn, sync_bn=args.sync_bn,
         eval_every=args.eval_every, max_steps=args.max_steps, save_every=args.save_every, synthetic_train=args.synthetic_train,
         synthetic_val=args.synthetic_val, quiet=args.quiet, log_every=args.log_every, amp=args.amp,
+        class_names=tuple(args.class_names) if args.class_names else None,
     )
     return TrainConfig(**{**fields, **override})
 

@@ -45,7 +45,7 @@ def _augment_value(v: Any) -> Any:
 class AugmentFile(BaseModel):
     """Training-time augmentation (``augment: none`` for none): a horizontal flip with
     probability ``hflip``, then scale jitter by a factor drawn from ``scale`` and a random
-    ``image_size`` crop. A key left out keeps its default (today's pipeline)."""
+    ``image_size`` crop. A key left out keeps its default."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -58,6 +58,14 @@ class TrainConfig:
     augment: Augment | None = Augment()  # None: no augmentation (letterboxed like evaluation)
     amp: str = "auto"  # auto (CUDA: bf16 where supported, else fp16; CPU: off) | off | bf16 | fp16
     class_names: tuple[str, ...] | None = None  # display names, in category-id order (default: the data's)
+
+    def __post_init__(self) -> None:
+        # asdict() (checkpoints, results files) turns these into a dict and lists: take them back
+        if isinstance(self.augment, dict):
+            given = {k: tuple(v) if k == "scale" else v for k, v in self.augment.items()}
+            object.__setattr__(self, "augment", Augment(**given))
+        if self.class_names is not None:
+            object.__setattr__(self, "class_names", tuple(self.class_names))
     synthetic_train: int = 512
     synthetic_val: int = 128
     synthetic_classes: int = 3
