@@ -104,7 +104,8 @@ def test_written_run_reads_back_to_the_same_config(tmp_path):
                   optimizer="sgd", weight_decay=0.001, warmup_epochs=0.5, ema_decay=0.99, clip_grad=2.5,
                   device="cpu", seed=4, image_size=96, graph=str(spec), freeze_bn=True, sync_bn=True,
                   eval_every=2, log_every=3, max_steps=11, save_every=6, synthetic_train=20, synthetic_val=0,
-                  synthetic_classes=2, augment=Augment(0.25, (0.75, 1.0)), amp="bf16", class_names=("p", "q"))
+                  synthetic_classes=2, augment=Augment(0.25, (0.75, 1.0)), amp="bf16", class_names=("p", "q"),
+                  train_data=(str(spec), str(tmp_path)), val_data=("no/such/val.json", "no/such/images"))
     assert set(varied) | set(NOT_IN_FILE) == {f.name for f in fields(TrainConfig)}, "a new field: add it here"
     default = TrainConfig()
     assert all(varied[k] != getattr(default, k) for k in varied)
@@ -123,6 +124,8 @@ def test_written_run_reads_back_to_the_same_config(tmp_path):
     ("augment: {hflip: 0.5, scal: [1, 2]}\n", "scal", "scale"),
     ("save_evry: 10\n", "save_evry", "save_every"),
     ("class_name: [a]\n", "class_name", "class_names"),
+    ("train_data: {annotation: a.json, images: im}\n", "annotation", "annotations"),
+    ("val_data:\n  annotations: a.json\n  image: im\n", "image", "images"),
 ])
 def test_bad_keys_and_values_are_located(edg, tmp_path, text, key, hint):
     f = run_file(tmp_path, "model: micro\n" + text)
@@ -141,6 +144,8 @@ def test_bad_keys_and_values_are_located(edg, tmp_path, text, key, hint):
     ("class_names: []\n", ("class_names",)),
     ("save_every: 0\n", ("save_every",)),
     ("amp: bf61\n", ("amp", "'bf16'", "bf61")),
+    ("train_data: {annotations: a.json}\n", ("missing", "images")),
+    ("train_data: a.json\n", ("train_data",)),
 ])
 def test_bad_values_are_located(edg, tmp_path, text, words):
     f = run_file(tmp_path, "model: micro\n" + text)
@@ -163,3 +168,16 @@ def test_class_names_flag_overrides_the_file(tmp_path):
     f = run_file(tmp_path, "class_names: [a, b]\n")
     assert run_config("train", "--config", f).class_names == ("a", "b")
     assert run_config("train", "--config", f, "--class-names", "x", "y", "z").class_names == ("x", "y", "z")
+
+
+def test_split_paths_are_relative_to_the_file(tmp_path):
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg/train.json").write_text("{}")
+    (tmp_path / "cfg/pics").mkdir()
+    f = run_file(tmp_path / "cfg", "train_data: {annotations: train.json, images: pics}\n"
+                                   "val_data: {annotations: v.json, images: elsewhere}\n")
+    cfg = run_config("train", "--config", f)
+    assert cfg.train_data == (str(tmp_path / "cfg/train.json"), str(tmp_path / "cfg/pics"))
+    assert cfg.val_data == ("v.json", "elsewhere")   # not there: relative to where edg runs
+    cfg = run_config("train", "--config", f, "--train-data", "a.json", "b")
+    assert cfg.train_data == ("a.json", "b")

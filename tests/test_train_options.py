@@ -125,3 +125,15 @@ def test_a_config_rebuilds_from_its_asdict():
         plain = json.loads(json.dumps(asdict(cfg)))  # as a results file holds it: lists, no tuples
         assert TrainConfig(**plain) == cfg
     assert TrainConfig(augment={"hflip": 0.0}).augment == Augment(0.0, (0.5, 1.5))
+
+
+def test_splits_named_one_by_one(data, tmp_path):
+    """train_data / val_data: a COCO file and an image folder each, wherever they are."""
+    summary = train(TrainConfig(model="micro", out=str(tmp_path / "run"), batch_size=8, quiet=True, epochs=1,
+                                train_data=(str(data / "train/annotations.json"), str(data / "train/images")),
+                                val_data=(str(data / "train/annotations.json"), str(data / "train/images"))))
+    assert summary["step"] == 2 and "map50" in summary          # evaluated on the named val split
+    assert not (tmp_path / "run/data").exists()                 # no synthetic set made for data: synthetic
+    with pytest.raises(DataError, match="nothing.json: cannot read"):
+        train(TrainConfig(model="micro", out=str(tmp_path / "bad"), quiet=True,
+                          train_data=(str(tmp_path / "nothing.json"), str(tmp_path))))

@@ -64,6 +64,10 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")  # train.loop.AMP_MODES, without imp
 
 def _train_args(p: argparse.ArgumentParser, default_out: str = "runs/train") -> None:
     p.add_argument("--data", default="synthetic", help="data folder, or 'synthetic' (made under OUT/data)")
+    p.add_argument("--train-data", nargs=2, default=None, metavar=("ANNOTATIONS", "IMAGES"),
+                   help="the training split as a COCO file and its image folder, instead of --data's")
+    p.add_argument("--val-data", nargs=2, default=None, metavar=("ANNOTATIONS", "IMAGES"),
+                   help="the validation split as a COCO file and its image folder, instead of --data's")
     p.add_argument("--out", default=default_out)
     p.add_argument("--epochs", type=bounded(int, 1, 100_000), default=10)
     p.add_argument("--batch-size", type=bounded(int, 1, 4096), default=16, help="global batch (split across processes)")
@@ -107,6 +111,7 @@ def _config(args: argparse.Namespace, **override):
         eval_every=args.eval_every, max_steps=args.max_steps, save_every=args.save_every, synthetic_train=args.synthetic_train,
         synthetic_val=args.synthetic_val, quiet=args.quiet, log_every=args.log_every, amp=args.amp,
         class_names=tuple(args.class_names) if args.class_names else None,
+        train_data=args.train_data, val_data=args.val_data,
     )
     return TrainConfig(**{**fields, **override})
 
@@ -248,7 +253,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     requirements = _requirements(args)
     out = Path(args.out)
     data = args.data
-    if data == "synthetic":
+    if data == "synthetic" and not args.train_data:
         from ..train import make_synthetic
 
         data = str(out / "data")

@@ -22,7 +22,7 @@ from ..spec import read_spec
 from .data import Augment
 from .loop import AMP_MODES, TrainConfig
 
-__all__ = ["AugmentFile", "TrainFile", "read_train_file", "write_train_file", "train_config"]
+__all__ = ["AugmentFile", "SplitFile", "TrainFile", "read_train_file", "write_train_file", "train_config"]
 
 Positive = Annotated[StrictInt, Field(ge=1)]
 Number = StrictInt | StrictFloat
@@ -61,6 +61,15 @@ class AugmentFile(BaseModel):
         return v
 
 
+class SplitFile(BaseModel):
+    """One split of a COCO-format data set, wherever its files are."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    annotations: StrictStr = Field(description="COCO instances JSON file")
+    images: StrictStr = Field(description="folder the file's image file_names are relative to")
+
+
 class TrainFile(BaseModel):
     """What a run file may set; anything left out keeps ``TrainConfig``'s default.
     Paths are relative to the file."""
@@ -70,6 +79,8 @@ class TrainFile(BaseModel):
     model: StrictStr | None = Field(None, description="built-in model spec name or spec file")
     graph: StrictStr | None = Field(None, description="replace the spec's feature graph")
     data: StrictStr | None = Field(None, description="COCO-format folder (DIR/{train,val}/annotations.json + images/) or 'synthetic'")
+    train_data: SplitFile | None = Field(None, description="the training split's files, instead of data's")
+    val_data: SplitFile | None = Field(None, description="the validation split's files, instead of data's")
     out: StrictStr | None = Field(None, description="run folder: checkpoint, metrics, curves, run.yaml")
     image_size: Positive | None = None
     epochs: Positive | None = None
@@ -116,17 +127,24 @@ def read_train_file(path: str | os.PathLike) -> dict[str, Any]:
     """The ``TrainConfig`` fields a run file sets, as ``TrainConfig`` holds them; a path that
     exists relative to the file is taken from there."""
     spec = read_spec(path, TrainFile).raise_problems()
-    values = spec.model_dump(exclude_none=True, exclude={"augment"})
+    values = spec.model_dump(exclude_none=True, exclude={"augment", "train_data", "val_data"})
     if spec.augment is not None:
         values["augment"] = (None if spec.augment == "none" else
                              Augment(hflip=spec.augment.hflip, scale=tuple(spec.augment.scale)))
     if "class_names" in values:
         values["class_names"] = tuple(values["class_names"])
     base = Path(path).parent
+
+    def located(value: str) -> str:
+        return str(base / value) if not Path(value).is_absolute() and (base / value).exists() else value
+
     for key in _PATHS:
-        value = values.get(key)
-        if value and not Path(value).is_absolute() and (base / value).exists():
-            values[key] = str(base / value)
+        if values.get(key):
+            values[key] = located(values[key])
+    for key in ("train_data", "val_data"):
+        split = getattr(spec, key)
+        if split is not None:
+            values[key] = (located(split.annotations), located(split.images))
     return values
 
 
@@ -142,11 +160,18 @@ def train_config(file_values: dict[str, Any], flags: dict[str, Any], given: Coll
     return TrainConfig(**merged)
 
 
+def _absolute(value: str) -> str:
+    # the run repeats from wherever the file is read
+    return str(Path(value).resolve()) if Path(value).exists() else value
+
+
 def _plain(key: str, value: Any) -> Any:
     if key == "augment":
         return "none" if value is None else {"hflip": value["hflip"], "scale": list(value["scale"])}
-    if key in _PATHS and key != "out" and value and Path(value).exists():
-        return str(Path(value).resolve())  # the run repeats from wherever the file is read
+    if key in ("train_data", "val_data"):
+        return {"annotations": _absolute(value[0]), "images": _absolute(value[1])}
+    if key in _PATHS and key != "out" and value:
+        return _absolute(value)
     return list(value) if isinstance(value, tuple) else value
 
 

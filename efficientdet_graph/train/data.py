@@ -80,7 +80,9 @@ def num_categories(annotations: str | Path) -> int:
     """How many categories a COCO file declares (reads the JSON, not the images)."""
     try:
         cats = json.loads(Path(annotations).read_text()).get("categories")
-    except (OSError, json.JSONDecodeError, AttributeError):
+    except OSError as e:
+        raise DataError(f"{annotations}: cannot read ({e.strerror or e})") from None
+    except (json.JSONDecodeError, AttributeError):
         cats = None
     if not isinstance(cats, list) or not cats:
         raise DataError(f"{annotations}: lists no categories (or is not a COCO instances file)")

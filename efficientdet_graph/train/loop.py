@@ -58,18 +58,21 @@ class TrainConfig:
     augment: Augment | None = Augment()  # None: no augmentation (letterboxed like evaluation)
     amp: str = "auto"  # auto (CUDA: bf16 where supported, else fp16; CPU: off) | off | bf16 | fp16
     class_names: tuple[str, ...] | None = None  # display names, in category-id order (default: the data's)
+    train_data: tuple[str, str] | None = None  # (annotation file, image folder), instead of data's train split
+    val_data: tuple[str, str] | None = None  # (annotation file, image folder), instead of data's val split
+    synthetic_train: int = 512
+    synthetic_val: int = 128
+    synthetic_classes: int = 3
+    quiet: bool = False
 
     def __post_init__(self) -> None:
         # asdict() (checkpoints, results files) turns these into a dict and lists: take them back
         if isinstance(self.augment, dict):
             given = {k: tuple(v) if k == "scale" else v for k, v in self.augment.items()}
             object.__setattr__(self, "augment", Augment(**given))
-        if self.class_names is not None:
-            object.__setattr__(self, "class_names", tuple(self.class_names))
-    synthetic_train: int = 512
-    synthetic_val: int = 128
-    synthetic_classes: int = 3
-    quiet: bool = False
+        for key in ("class_names", "train_data", "val_data"):
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, tuple(getattr(self, key)))
 
 
 def _device(name: str) -> torch.device:
@@ -126,7 +129,7 @@ class _Ema:
 
 
 def _data_paths(cfg: TrainConfig) -> Path:
-    if cfg.data != "synthetic":
+    if cfg.data != "synthetic" or cfg.train_data:
         return Path(cfg.data)
     root = Path(cfg.out) / "data"
     marker = root / "val" / "annotations.json"
@@ -134,6 +137,12 @@ def _data_paths(cfg: TrainConfig) -> Path:
         make_synthetic(root, cfg.synthetic_train, cfg.synthetic_val, cfg.image_size or 128,
                        cfg.synthetic_classes, cfg.seed)
     return root
+
+
+def _split(cfg: TrainConfig, root: Path, split: str) -> tuple[Path, Path]:
+    """(annotation file, image folder) of a split: as the config names it, else found under ``root``."""
+    given = cfg.train_data if split == "train" else cfg.val_data
+    return (Path(given[0]), Path(given[1])) if given else resolve_data(root, split)
 
 
 def _build(cfg: TrainConfig, num_classes: int) -> EfficientDet:
@@ -217,13 +226,13 @@ def _train(cfg: TrainConfig) -> dict:
             raise CheckpointError(f"{ckpt_path}: no training state (written by save_model?); --resume needs the "
                                   "last.pt of an `edg train` run, or start a new run in another --out folder")
     else:
-        model = _build(cfg, num_categories(resolve_data(root, "train")[0]))
+        model = _build(cfg, num_categories(_split(cfg, root, "train")[0]))
     size = model.spec.image_size
-    train_ann, train_img = resolve_data(root, "train")
+    train_ann, train_img = _split(cfg, root, "train")
     train_set = CocoDetection(train_ann, train_img, size, train=True, augment=cfg.augment)
     val_set = None
     try:
-        val_ann, val_img = resolve_data(root, "val")
+        val_ann, val_img = _split(cfg, root, "val")
         val_set = CocoDetection(val_ann, val_img, size, train=False)
     except DataError as e:
         if main:
