@@ -181,3 +181,16 @@ def test_split_paths_are_relative_to_the_file(tmp_path):
     assert cfg.val_data == ("v.json", "elsewhere")   # not there: relative to where edg runs
     cfg = run_config("train", "--config", f, "--train-data", "a.json", "b")
     assert cfg.train_data == ("a.json", "b")
+
+
+def test_written_paths_repeat_from_anywhere(tmp_path, monkeypatch):
+    from efficientdet_graph.train import TrainConfig
+    from efficientdet_graph.train.config_file import write_train_file
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "synthetic").mkdir()   # a folder that happens to share the word's name
+    (tmp_path / "coco").mkdir()
+    written = yaml.safe_load(write_train_file(TrainConfig(), tmp_path / "a.yaml").read_text())
+    assert written["data"] == "synthetic"
+    written = yaml.safe_load(write_train_file(TrainConfig(data="coco"), tmp_path / "b.yaml").read_text())
+    assert written["data"] == str(tmp_path / "coco")

@@ -170,7 +170,7 @@ def _plain(key: str, value: Any) -> Any:
         return "none" if value is None else {"hflip": value["hflip"], "scale": list(value["scale"])}
     if key in ("train_data", "val_data"):
         return {"annotations": _absolute(value[0]), "images": _absolute(value[1])}
-    if key in _PATHS and key != "out" and value:
+    if key in _PATHS and key != "out" and value and not (key == "data" and value == "synthetic"):
         return _absolute(value)
     return list(value) if isinstance(value, tuple) else value
 
