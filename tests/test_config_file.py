@@ -1,5 +1,6 @@
 """``edg train --config``: located errors, flags over the file, the run written back."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,11 @@ def test_example_runs_flags_override_and_run_is_written_back(edg, tmp_path):
     again = read_train_file(out / "run.yaml")
     assert again["augment"] == Augment(0.5, (0.5, 1.5)) and again["class_names"] == ("circle", "square", "triangle")
     assert read_checkpoint(out / "last.pt")["class_names"] == ["circle", "square", "triangle"]
+    # and repeats the run: the same losses, step by step (a CPU run with a seed is repeatable)
+    code, _, err = edg("train", "--config", out / "run.yaml", "--out", tmp_path / "again", "--quiet")
+    assert code == 0, err
+    losses = lambda run: [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]  # noqa: E731
+    assert losses(tmp_path / "again") == losses(out) and len(losses(out)) >= 2
 
 
 # --- the run a command line asks for: file values, flags typed over them ---------------------
