@@ -7,7 +7,7 @@ import argparse
 import math
 from typing import Callable
 
-__all__ = ["bounded"]
+__all__ = ["bounded", "typed"]
 
 
 def bounded(kind: type, lo: float | None = None, hi: float | None = None, *,
@@ -34,3 +34,20 @@ def bounded(kind: type, lo: float | None = None, hi: float | None = None, *,
 
     parse.__name__ = kind.__name__  # argparse names the type in some messages
     return parse
+
+
+def typed(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations of the arguments ``argv`` itself gives (already parsed once by
+    ``parser``, so it parses): a flag typed with its default value is in, one left out is not."""
+    saved = [(a, a.default) for a in parser._actions]
+    saved_defaults = parser._defaults
+    try:
+        for action in parser._actions:
+            action.default = argparse.SUPPRESS  # argparse then sets only what argv names
+        parser._defaults = {}
+        namespace, _ = parser.parse_known_args(argv)
+    finally:
+        for action, default in saved:
+            action.default = default
+        parser._defaults = saved_defaults
+    return set(vars(namespace))

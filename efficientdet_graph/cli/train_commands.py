@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from ._args import bounded
+from ._args import bounded, typed
 
 __all__ = ["register"]
 
@@ -32,8 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a run file (see examples/custom.yaml); flags given here override it; the effective "
                         "run is written back to OUT/run.yaml")
     _train_args(p)
-    p.set_defaults(handler=cmd_train)
-    p.set_defaults(defaults={a.dest: a.default for a in p._actions})
+    p.set_defaults(handler=cmd_train, train_parser=p)
 
     p = sub.add_parser("eval", help="COCO mAP of a checkpoint")
     p.add_argument("checkpoint")
@@ -60,8 +59,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_ablation)
 
 
+AMP_MODES = ("auto", "off", "bf16", "fp16")  # train.loop.AMP_MODES, without importing torch for --help
+
+
 def _train_args(p: argparse.ArgumentParser, default_out: str = "runs/train") -> None:
     p.add_argument("--data", default="synthetic", help="data folder, or 'synthetic' (made under OUT/data)")
+    p.add_argument("--train-data", nargs=2, default=None, metavar=("ANNOTATIONS", "IMAGES"),
+                   help="the training split as a COCO file and its image folder, instead of --data's")
+    p.add_argument("--val-data", nargs=2, default=None, metavar=("ANNOTATIONS", "IMAGES"),
+                   help="the validation split as a COCO file and its image folder, instead of --data's")
     p.add_argument("--out", default=default_out)
     p.add_argument("--epochs", type=bounded(int, 1, 100_000), default=10)
     p.add_argument("--batch-size", type=bounded(int, 1, 4096), default=16, help="global batch (split across processes)")
@@ -78,6 +84,11 @@ def _train_args(p: argparse.ArgumentParser, default_out: str = "runs/train") -> 
     p.add_argument("--max-steps", type=bounded(int, 1, 10**9), default=None, help="stop after this many steps (testing)")
     p.add_argument("--save-every", type=bounded(int, 1, 10**9), default=None, metavar="STEPS",
                    help="also save last.pt every STEPS steps, so a long epoch is not lost whole (default: per epoch)")
+    p.add_argument("--amp", choices=AMP_MODES, default="auto",
+                   help="mixed precision: auto (CUDA: bf16 where the GPU has it, else fp16 with loss scaling; "
+                        "CPU: off), off, bf16 or fp16 (both also on CPU)")
+    p.add_argument("--class-names", nargs="+", default=None, metavar="NAME",
+                   help="display names of the data's categories, in category-id order (default: the data's)")
     p.add_argument("--log-every", type=bounded(int, 1, 10**9), default=10, help="steps between metrics lines")
     p.add_argument("--synthetic-train", type=bounded(int, 1, 1_000_000), default=512)
     p.add_argument("--synthetic-val", type=bounded(int, 0, 1_000_000), default=128)
@@ -98,9 +109,26 @@ def _config(args: argparse.Namespace, **override):
         lr=args.lr, optimizer=args.optimizer, device=args.device, seed=args.seed, image_size=args.image_size,
         graph=args.graph, resume=args.resume, freeze_bn=args.freeze_bn, sync_bn=args.sync_bn,
         eval_every=args.eval_every, max_steps=args.max_steps, save_every=args.save_every, synthetic_train=args.synthetic_train,
-        synthetic_val=args.synthetic_val, quiet=args.quiet, log_every=args.log_every,
+        synthetic_val=args.synthetic_val, quiet=args.quiet, log_every=args.log_every, amp=args.amp,
+        class_names=tuple(args.class_names) if args.class_names else None,
+        train_data=args.train_data, val_data=args.val_data,
     )
     return TrainConfig(**{**fields, **override})
+
+
+def run_config(args: argparse.Namespace):
+    """The run ``edg train`` ARGS asks for: the ``--config`` file's values, and over them
+    every flag typed on the command line (even one that repeats its default)."""
+    from dataclasses import fields
+
+    from ..train.config_file import read_train_file, train_config
+
+    config = _config(args)
+    if not args.config:
+        return config
+    given = typed(args.train_parser, args.argv[args.argv.index("train") + 1:])
+    flags = {f.name: getattr(config, f.name) for f in fields(config)}  # not asdict: it unpacks `augment`
+    return train_config(read_train_file(args.config), flags, given)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -130,13 +158,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from ..train import train, write_results
-    from ..train.config_file import read_train_file, train_config, write_train_file
+    from ..train.config_file import write_train_file
     from ..train.progress import MetricsLog
 
     requirements = _requirements(args)
-    config = _config(args)
-    if args.config:
-        config = train_config(read_train_file(args.config), asdict(config), args.defaults)
+    config = run_config(args)
     try:
         Path(config.out).mkdir(parents=True, exist_ok=True)
         write_train_file(config, Path(config.out) / "run.yaml")
@@ -215,7 +241,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     requirements = _requirements(args)
     out = Path(args.out)
     data = args.data
-    if data == "synthetic":
+    if data == "synthetic" and not args.train_data:
         from ..train import make_synthetic
 
         data = str(out / "data")

@@ -1,6 +1,6 @@
 """Stage 9: data (COCO + synthetic), targets and losses, the training loop, evaluation."""
 
-from .data import CocoDetection, DataError, DataReport, collate, resolve_data
+from .data import Augment, CocoDetection, DataError, DataReport, collate, resolve_data
 from .evaluate import coco_eval, draw_detections, evaluate, predict_dataset
 from .loop import TrainConfig, TrainingDiverged, train
 from .results import Requirement, parse_requirement, write_results
@@ -9,6 +9,7 @@ from .synthetic import make_synthetic
 from .targets import DetectionLoss, LossConfig, match_anchors
 
 __all__ = [
+    "Augment",
     "CocoDetection",
     "DataError",
     "DataReport",

@@ -22,11 +22,30 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..errors import DataError  # defined in errors.py, re-exported here
 
-__all__ = ["DataError", "DataReport", "CocoDetection", "collate", "letterbox", "num_categories", "resolve_data"]
+__all__ = ["Augment", "DataError", "DataReport", "CocoDetection", "collate", "letterbox", "num_categories",
+           "resolve_data"]
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
+
+@dataclass(frozen=True)
+class Augment:
+    """Training-time augmentation, boxes following the image: a horizontal flip with
+    probability ``hflip``, then scale jitter (resize to fit ``image_size`` times a factor
+    drawn uniformly from ``scale``) and a random ``image_size`` square crop, padded where the
+    image is smaller. ``CocoDetection(augment=None)`` trains without any: each image is
+    letterboxed as for evaluation."""
+
+    hflip: float = 0.5
+    scale: tuple[float, float] = (0.5, 1.5)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.scale
+        if not 0 <= self.hflip <= 1:
+            raise ValueError(f"augment hflip is a probability in [0, 1], got {self.hflip}")
+        if not 0 < lo <= hi:
+            raise ValueError(f"augment scale is a range [lo, hi] with 0 < lo <= hi, got {list(self.scale)}")
 
 
 @dataclass
@@ -61,7 +80,9 @@ def num_categories(annotations: str | Path) -> int:
     """How many categories a COCO file declares (reads the JSON, not the images)."""
     try:
         cats = json.loads(Path(annotations).read_text()).get("categories")
-    except (OSError, json.JSONDecodeError, AttributeError):
+    except OSError as e:
+        raise DataError(f"{annotations}: cannot read ({e.strerror or e})") from None
+    except (json.JSONDecodeError, AttributeError):
         cats = None
     if not isinstance(cats, list) or not cats:
         raise DataError(f"{annotations}: lists no categories (or is not a COCO instances file)")
@@ -84,9 +105,9 @@ class CocoDetection(torch.utils.data.Dataset):
     """Images and boxes of a COCO instances file, validated once at construction."""
 
     def __init__(self, annotations: str | Path, images: str | Path, image_size: int, train: bool,
-                 scale_range: tuple[float, float] = (0.5, 1.5), check_images: bool = True):
+                 augment: Augment | None = Augment(), check_images: bool = True):
         self.annotations, self.root = Path(annotations), Path(images)
-        self.image_size, self.train, self.scale_range = image_size, train, scale_range
+        self.image_size, self.train, self.augment = image_size, train, augment
         try:
             text = self.annotations.read_text()
         except OSError as e:
@@ -158,9 +179,9 @@ class CocoDetection(torch.utils.data.Dataset):
         self.report.images = len(self.items)
         if not self.items:
             raise DataError(f"{annotations}: no usable images ({self.report})")
-        self._augment = v2.Compose([
-            v2.RandomHorizontalFlip(0.5),
-            v2.ScaleJitter((image_size, image_size), scale_range=scale_range, antialias=True),
+        self._augment = None if augment is None else v2.Compose([
+            v2.RandomHorizontalFlip(augment.hflip),
+            v2.ScaleJitter((image_size, image_size), scale_range=tuple(augment.scale), antialias=True),
             v2.RandomCrop((image_size, image_size), pad_if_needed=True),
             v2.SanitizeBoundingBoxes(min_size=1.0),
         ])
@@ -193,7 +214,7 @@ class CocoDetection(torch.utils.data.Dataset):
         boxes = tv_tensors.BoundingBoxes(torch.tensor(item["boxes"], dtype=torch.float32).reshape(-1, 4),
                                          format="XYXY", canvas_size=(h, w))
         labels = torch.tensor(item["labels"], dtype=torch.int64)
-        if self.train:
+        if self.train and self._augment is not None:
             image, target = self._augment(image, {"boxes": boxes, "labels": labels})
             boxes, labels, scale = target["boxes"], target["labels"], 1.0
         else:

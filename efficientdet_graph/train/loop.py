@@ -20,7 +20,7 @@ from ..errors import ConfigError, EdgError, TrainingDiverged  # TrainingDiverged
 from ..model import EfficientDet, create_model, save_atomic
 from ..model.checkpoint import FORMAT, CheckpointError, model_from_checkpoint, read_checkpoint
 from ..graph import graph_to_yaml
-from .data import CocoDetection, DataError, collate, num_categories, resolve_data, seeded_order
+from .data import Augment, CocoDetection, DataError, collate, num_categories, resolve_data, seeded_order
 from .evaluate import evaluate
 from .progress import MetricsLog, Progress, plot_curves
 from .synthetic import make_synthetic
@@ -55,10 +55,24 @@ class TrainConfig:
     log_every: int = 10
     max_steps: int | None = None
     save_every: int | None = None  # steps between mid-epoch checkpoints (besides one per epoch)
+    augment: Augment | None = Augment()  # None: no augmentation (letterboxed like evaluation)
+    amp: str = "auto"  # auto (CUDA: bf16 where supported, else fp16; CPU: off) | off | bf16 | fp16
+    class_names: tuple[str, ...] | None = None  # display names, in category-id order (default: the data's)
+    train_data: tuple[str, str] | None = None  # (annotation file, image folder), instead of data's train split
+    val_data: tuple[str, str] | None = None  # (annotation file, image folder), instead of data's val split
     synthetic_train: int = 512
     synthetic_val: int = 128
     synthetic_classes: int = 3
     quiet: bool = False
+
+    def __post_init__(self) -> None:
+        # asdict() (checkpoints, results files) turns these into a dict and lists: take them back
+        if isinstance(self.augment, dict):
+            given = {k: tuple(v) if k == "scale" else v for k, v in self.augment.items()}
+            object.__setattr__(self, "augment", Augment(**given))
+        for key in ("class_names", "train_data", "val_data"):
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, tuple(getattr(self, key)))
 
 
 def _device(name: str) -> torch.device:
@@ -67,6 +81,24 @@ def _device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: CUDA is not available on this machine")
     return torch.device(name)
+
+
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
+def amp_mode(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast type ``mode`` means on ``device`` (None: full precision)."""
+    if mode not in AMP_MODES:
+        raise ConfigError(f"--amp must be one of {', '.join(AMP_MODES)}, got {mode!r}")
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if mode == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("--amp bf16: this GPU does not support bfloat16; use --amp fp16 or off")
+    if device.type not in ("cuda", "cpu"):
+        raise ConfigError(f"--amp {mode}: mixed precision is supported on CUDA and CPU, not {device.type}")
+    return torch.bfloat16 if mode == "bf16" else torch.float16
 
 
 def _distributed() -> tuple[int, int]:
@@ -97,7 +129,7 @@ class _Ema:
 
 
 def _data_paths(cfg: TrainConfig) -> Path:
-    if cfg.data != "synthetic":
+    if cfg.data != "synthetic" or cfg.train_data:
         return Path(cfg.data)
     root = Path(cfg.out) / "data"
     marker = root / "val" / "annotations.json"
@@ -105,6 +137,12 @@ def _data_paths(cfg: TrainConfig) -> Path:
         make_synthetic(root, cfg.synthetic_train, cfg.synthetic_val, cfg.image_size or 128,
                        cfg.synthetic_classes, cfg.seed)
     return root
+
+
+def _split(cfg: TrainConfig, root: Path, split: str) -> tuple[Path, Path]:
+    """(annotation file, image folder) of a split: as the config names it, else found under ``root``."""
+    given = cfg.train_data if split == "train" else cfg.val_data
+    return (Path(given[0]), Path(given[1])) if given else resolve_data(root, split)
 
 
 def _build(cfg: TrainConfig, num_classes: int) -> EfficientDet:
@@ -188,13 +226,13 @@ def _train(cfg: TrainConfig) -> dict:
             raise CheckpointError(f"{ckpt_path}: no training state (written by save_model?); --resume needs the "
                                   "last.pt of an `edg train` run, or start a new run in another --out folder")
     else:
-        model = _build(cfg, num_categories(resolve_data(root, "train")[0]))
+        model = _build(cfg, num_categories(_split(cfg, root, "train")[0]))
     size = model.spec.image_size
-    train_ann, train_img = resolve_data(root, "train")
-    train_set = CocoDetection(train_ann, train_img, size, train=True)
+    train_ann, train_img = _split(cfg, root, "train")
+    train_set = CocoDetection(train_ann, train_img, size, train=True, augment=cfg.augment)
     val_set = None
     try:
-        val_ann, val_img = resolve_data(root, "val")
+        val_ann, val_img = _split(cfg, root, "val")
         val_set = CocoDetection(val_ann, val_img, size, train=False)
     except DataError as e:
         if main:
@@ -202,6 +240,12 @@ def _train(cfg: TrainConfig) -> dict:
     if train_set.num_classes != model.spec.num_classes:
         raise DataError(f"the data has {train_set.num_classes} classes, the model {model.spec.num_classes}")
     model.class_names = [str(train_set.category_names[c]) for c in train_set.category_ids]
+    if cfg.class_names is not None:
+        if len(cfg.class_names) != train_set.num_classes:
+            raise DataError(f"class_names lists {len(cfg.class_names)} name(s), but {train_ann} has "
+                            f"{train_set.num_classes} categories ({', '.join(model.class_names)}); give one name "
+                            "per category, in category-id order")
+        model.class_names = [str(n) for n in cfg.class_names]
     if main and not cfg.quiet:
         print(f"train data: {train_set.report}")
         if val_set is not None:
@@ -263,9 +307,9 @@ def _train(cfg: TrainConfig) -> dict:
         log.path.unlink()
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     loss_fn = DetectionLoss(model.anchors, model.spec.num_classes)
-    use_amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    amp_dtype = amp_mode(cfg.amp, device)
+    use_amp = amp_dtype is not None
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     per_rank = cfg.batch_size // world
     summary: dict = {"epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch}
     last_eval: dict = {}
