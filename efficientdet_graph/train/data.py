@@ -20,7 +20,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from ..errors import DataError  # defined in errors.py, re-exported here
+from ..errors import ConfigError, DataError  # DataError is defined in errors.py, re-exported here
 
 __all__ = ["Augment", "DataError", "DataReport", "CocoDetection", "collate", "letterbox", "num_categories",
            "resolve_data"]
@@ -43,9 +43,9 @@ class Augment:
     def __post_init__(self) -> None:
         lo, hi = self.scale
         if not 0 <= self.hflip <= 1:
-            raise ValueError(f"augment hflip is a probability in [0, 1], got {self.hflip}")
+            raise ConfigError(f"augment hflip is a probability in [0, 1], got {self.hflip}")
         if not 0 < lo <= hi:
-            raise ValueError(f"augment scale is a range [lo, hi] with 0 < lo <= hi, got {list(self.scale)}")
+            raise ConfigError(f"augment scale is a range [lo, hi] with 0 < lo <= hi, got {list(self.scale)}")
 
 
 @dataclass
