@@ -78,6 +78,9 @@ def _train_args(p: argparse.ArgumentParser, default_out: str = "runs/train") -> 
     p.add_argument("--max-steps", type=bounded(int, 1, 10**9), default=None, help="stop after this many steps (testing)")
     p.add_argument("--save-every", type=bounded(int, 1, 10**9), default=None, metavar="STEPS",
                    help="also save last.pt every STEPS steps, so a long epoch is not lost whole (default: per epoch)")
+    p.add_argument("--workers", type=bounded(int, 0, 256), default=None, metavar="N",
+                   help="data loading processes (0: load in the training process; default: up to 2, "
+                        "one per CPU core)")
     p.add_argument("--log-every", type=bounded(int, 1, 10**9), default=10, help="steps between metrics lines")
     p.add_argument("--synthetic-train", type=bounded(int, 1, 1_000_000), default=512)
     p.add_argument("--synthetic-val", type=bounded(int, 0, 1_000_000), default=128)
@@ -100,6 +103,8 @@ def _config(args: argparse.Namespace, **override):
         eval_every=args.eval_every, max_steps=args.max_steps, save_every=args.save_every, synthetic_train=args.synthetic_train,
         synthetic_val=args.synthetic_val, quiet=args.quiet, log_every=args.log_every,
     )
+    if args.workers is not None:
+        fields["workers"] = args.workers
     return TrainConfig(**{**fields, **override})
 
 
