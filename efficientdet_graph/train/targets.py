@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_iou, sigmoid_focal_loss
+from torchvision.ops import box_iou
 
 from ..model.anchors import Anchors, encode_boxes
 
@@ -85,6 +85,56 @@ def _box_iou_batched(anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor
     return inter / (area_a[None, :, None] + area_b[:, None, :] - inter)
 
 
+def focal_loss_sum(logits: torch.Tensor, positives: torch.Tensor, weight: torch.Tensor, alpha: float, gamma: float
+                   ) -> torch.Tensor:
+    """``(sigmoid_focal_loss(logits, one_hot) * weight).sum()`` where ``one_hot`` is 1 at the
+    flat indices ``positives`` of ``logits`` and 0 elsewhere, and ``weight`` broadcasts to
+    ``logits`` (0 for ignored anchors, 1 at every positive). The value of torchvision's
+    ``sigmoid_focal_loss``, but the gradient is made in the same pass, in place, in a few
+    buffers: the (batch, anchors, classes) tensors are the largest of a training step, and
+    autograd through a dozen element-wise ops allocated (and page-faulted) one per op."""
+    return _FocalSum.apply(logits, positives, weight, alpha, gamma)
+
+
+def _power(m: torch.Tensor, gamma: float) -> torch.Tensor:
+    if gamma == 1.5:  # EfficientDet's: sqrt is several times cheaper than pow
+        return m.sqrt().mul_(m)
+    if gamma == 2.0:
+        return m.square()
+    return m.pow(gamma)
+
+
+_TINY = torch.finfo(torch.float32).tiny
+
+
+class _FocalSum(torch.autograd.Function):
+    # With q = p_t (sigmoid(x) for a positive entry, sigmoid(-x) for a negative one) and
+    # m = 1 - q: loss = -a * m^g * log(q), a = alpha or 1 - alpha, and
+    # d loss / dx = -a * m^g * (m - g * q * log(q)) for a positive, the opposite for a negative.
+    @staticmethod
+    def forward(ctx, x, positives, weight, alpha: float, gamma: float):
+        flat = x.reshape(-1)
+        xp = flat[positives]
+        m = torch.sigmoid(x)  # = 1 - p_t for the (many) negatives
+        q = torch.neg(x).sigmoid_()
+        m.view(-1)[positives] = torch.sigmoid(-xp)
+        q.view(-1)[positives] = torch.sigmoid(xp)
+        log_q = q.clamp_min(_TINY).log_()  # finite for logits up to ~87 from the right answer
+        amg = _power(m, gamma).mul_(weight * (1.0 - alpha))
+        amg.view(-1)[positives] = _power(m.view(-1)[positives], gamma) * alpha
+        total = -torch.dot(amg.reshape(-1), log_q.reshape(-1))
+        if ctx.needs_input_grad[0]:
+            dx = q.mul_(log_q).mul_(-gamma).add_(m).mul_(amg)  # d loss / dx of a negative
+            dx.view(-1)[positives] *= -1.0
+            ctx.save_for_backward(dx)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        (dx,) = ctx.saved_tensors
+        return dx * grad, None, None, None, None
+
+
 @dataclass(frozen=True)
 class Assignment:
     """A batch's anchors matched to its boxes, made once per step: the loss and the count of
@@ -125,9 +175,9 @@ class DetectionLoss:
         box = torch.cat([x.permute(0, 2, 3, 1).reshape(b, -1, 4) for x in box_outputs], 1).float()
         labels = assignment.labels
         pos = labels >= 0
-        one_hot = torch.zeros_like(cls).scatter_(2, labels.clamp(min=0).unsqueeze(-1), pos.unsqueeze(-1).to(cls.dtype))
-        focal = sigmoid_focal_loss(cls, one_hot, alpha=self.cfg.alpha, gamma=self.cfg.gamma, reduction="none")
-        cls_sum = (focal * (labels != -2).unsqueeze(-1)).sum()
+        flat = pos.reshape(-1).nonzero().squeeze(1) * c + labels.reshape(-1)[pos.reshape(-1)]
+        weight = (labels != -2).unsqueeze(-1).to(cls.dtype)
+        cls_sum = focal_loss_sum(cls, flat, weight, self.cfg.alpha, self.cfg.gamma)
         box_sum = F.huber_loss(box[pos], assignment.codes, delta=self.cfg.huber_delta, reduction="sum") / 4.0
         return cls_sum, box_sum
 
