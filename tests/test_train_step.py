@@ -13,6 +13,7 @@ from PIL import Image
 from torchvision.ops import box_iou, sigmoid_focal_loss
 from torchvision.transforms.v2 import functional as TF
 
+from efficientdet_graph.errors import ConfigError
 from efficientdet_graph.model import Anchors
 from efficientdet_graph.model.checkpoint import read_checkpoint
 from efficientdet_graph.train import (CocoDetection, DataError, DetectionLoss, LossConfig, TrainConfig, collate,
@@ -188,3 +189,16 @@ def test_pil_decodes_what_torchvision_does_not(tmp_path):
     (tmp_path / "e.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(DataError, match="e.png"):
         _read_rgb(tmp_path / "e.png")
+
+
+def test_cli_workers_flag(data, tmp_path, capsys):
+    from efficientdet_graph.cli.main import main
+
+    common = ["train", "micro", "--data", str(data), "--batch-size", "8", "--epochs", "1", "--eval-every", "99",
+              "--quiet", "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as exit_:
+        main(common + ["--workers", "-1"])
+    assert exit_.value.code == 2 and "--workers" in capsys.readouterr().err
+    assert main(common + ["--workers", "0", "--max-steps", "1"]) == 0
+    with pytest.raises(ConfigError, match="workers must be >= 0"):
+        train(TrainConfig(model="micro", data=str(data), out=str(tmp_path / "api"), workers=-1, quiet=True))
