@@ -353,7 +353,7 @@ def make_loader(dataset: torch.utils.data.Dataset, batches: EpochBatches, worker
     (0: in this one). Iterating raises the ``DataError`` of an unreadable sample."""
     loader = torch.utils.data.DataLoader(
         _Reported(dataset), batch_sampler=batches, num_workers=workers, collate_fn=_collate_reported,
-        pin_memory=pin_memory, persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+        pin_memory=pin_memory, persistent_workers=workers > 0)
     return _Raising(loader)
 
 
