@@ -71,8 +71,8 @@ def _device(name: str) -> torch.device:
 
 
 def memory_format(device: torch.device) -> torch.memory_format:
-    """channels_last on the CPU, where oneDNN's convolutions in that layout make a D0 training
-    step ~1.4x faster (benchmarks/README.md); on GPUs it is not measured yet: unchanged."""
+    """channels_last on the CPU, where oneDNN's convolutions are much faster in that layout
+    (benchmarks/README.md, the training step); on GPUs it is not measured yet: unchanged."""
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
