@@ -148,6 +148,7 @@ class Assignment:
 class DetectionLoss:
     def __init__(self, anchors: Anchors, num_classes: int, cfg: LossConfig | None = None):
         self.anchors, self.num_classes, self.cfg = anchors, num_classes, cfg or LossConfig()
+        self._row_cache: dict = {}
 
     def assign(self, targets: list[dict], sizes: list[tuple[int, int]], device=None,
                image_size: tuple[int, int] | None = None) -> Assignment:
@@ -171,15 +172,31 @@ class DetectionLoss:
         """Summed focal loss over all but ignored anchors, summed Huber loss of the
         positives' box codes (/4 per box)."""
         b, c = cls_outputs[0].shape[0], self.num_classes
-        cls = torch.cat([x.permute(0, 2, 3, 1).reshape(b, -1, c) for x in cls_outputs], 1).float()
-        box = torch.cat([x.permute(0, 2, 3, 1).reshape(b, -1, 4) for x in box_outputs], 1).float()
+        # rows ordered (level, image, anchor): each level's gradient comes back as one
+        # contiguous slice, in its head's own (channels_last) layout, not a strided view that
+        # the convolution's backward must copy and reduce over slowly
+        cls = torch.cat([x.permute(0, 2, 3, 1).reshape(-1) for x in cls_outputs]).float().view(-1, c)
+        box = torch.cat([x.permute(0, 2, 3, 1).reshape(-1) for x in box_outputs]).float().view(-1, 4)
         labels = assignment.labels
+        rows = self._rows(b, [x.shape[-2] * x.shape[-1] * (x.shape[1] // c) for x in cls_outputs], labels.device)
         pos = labels >= 0
-        flat = pos.reshape(-1).nonzero().squeeze(1) * c + labels.reshape(-1)[pos.reshape(-1)]
-        weight = (labels != -2).unsqueeze(-1).to(cls.dtype)
-        cls_sum = focal_loss_sum(cls, flat, weight, self.cfg.alpha, self.cfg.gamma)
-        box_sum = F.huber_loss(box[pos], assignment.codes, delta=self.cfg.huber_delta, reduction="sum") / 4.0
+        pos_rows = rows[pos]  # in the order of assignment.codes: (image, anchor)
+        weight = torch.empty(cls.shape[0], 1, dtype=cls.dtype, device=cls.device)
+        weight[rows.reshape(-1), 0] = (labels != -2).reshape(-1).to(cls.dtype)
+        cls_sum = focal_loss_sum(cls, pos_rows * c + labels[pos], weight, self.cfg.alpha, self.cfg.gamma)
+        box_sum = F.huber_loss(box[pos_rows], assignment.codes, delta=self.cfg.huber_delta, reduction="sum") / 4.0
         return cls_sum, box_sum
+
+    def _rows(self, batch: int, per_level: list[int], device) -> torch.Tensor:
+        """(B, A): the row of each image's anchor among rows ordered (level, image, anchor)."""
+        key = (batch, tuple(per_level), str(device))
+        if key not in self._row_cache:
+            rows, offset = [], 0
+            for n in per_level:
+                rows.append(offset + torch.arange(batch)[:, None] * n + torch.arange(n)[None, :])
+                offset += batch * n
+            self._row_cache[key] = torch.cat(rows, 1).to(device)
+        return self._row_cache[key]
 
     def sums(self, cls_outputs: list[torch.Tensor], box_outputs: list[torch.Tensor],
              targets: list[dict], image_size: tuple[int, int] | None = None
