@@ -113,12 +113,27 @@ def steps(ours, ref, images, targets_ours, targets_ref, effdet_channels_last: bo
     return {"ours": ours_step, "effdet": effdet_step}
 
 
-def profile(fn, rows: int = 25) -> str:
+PARTS = {"convolution": ("conv",), "batch norm": ("batch_norm",), "SiLU": ("silu",)}
+LOSS = ("_FocalSum", "_FocalSumBackward")  # our focal loss's autograd Function, forward and backward
+
+
+def profile(fn, rows: int = 25) -> tuple[str, dict]:
+    """torch.profiler's table of one call, and the share of its self CPU time per part."""
     from torch.profiler import ProfilerActivity, profile as prof
 
     with prof(activities=[ProfilerActivity.CPU]) as p:
         fn()
-    return p.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+    events = p.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    shares = {part: sum(e.self_cpu_time_total for e in events if any(k in e.key for k in keys)) / total
+              for part, keys in PARTS.items()}
+    shares["focal loss (forward + backward)"] = sum(e.cpu_time_total for e in events if e.key in LOSS) / total
+    top = [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3, "calls": e.count}
+           for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:rows]]
+    return events.table(sort_by="self_cpu_time_total", row_limit=rows), {
+        "self_cpu_ms": total / 1e3, "shares": shares, "top": top,
+        "note": "shares of the self CPU time: ops matched by name (convolution, batch norm, SiLU: self time; "
+                "focal loss: the total time of its autograd Function, forward and backward)"}
 
 
 def main(argv=None) -> int:
@@ -154,12 +169,15 @@ def main(argv=None) -> int:
     what = f"training step, D0 {args.size}px, batch {args.batch}" + (
         ", both channels_last" if args.effdet_channels_last else ", effdet contiguous")
     row = compare(what, fns, device, args.warmup, args.reps)
+    prof = None
     if args.profile:
-        print(profile(fns["ours"]))
+        table, prof = profile(fns["ours"])
+        print(table)
+        print("shares of our step: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in prof["shares"].items()))
     passed = row["ratio"] <= args.target
     doc = {"env": {**env, "load_average_before": load_before, "load_average_after": os.getloadavg(),
                    "note": "shared machine, loaded by other work while measured (see load averages)"},
-           "first_step_loss": first, "rows": [row],
+           "first_step_loss": first, "rows": [row], **({"profile_ours": prof} if prof else {}),
            "target": {"ratio_at_most": args.target, "measured": row["ratio"], "passed": passed}}
     if args.out:
         from efficientdet_graph._io import atomic_write_text
