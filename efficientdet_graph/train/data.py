@@ -343,8 +343,22 @@ class _Reported(torch.utils.data.Dataset):
 
 
 def _collate_reported(samples):
+    """A batch as few tensors as possible: a worker hands each tensor to the main process
+    through its own shared-memory block, so the per-image boxes and labels travel
+    concatenated (and the images are stacked straight into shared memory)."""
     errors = [s for s in samples if isinstance(s, DataError)]
-    return errors[0] if errors else collate(samples)
+    if errors:
+        return errors[0]
+    targets = [s[1] for s in samples]
+    return (torch.utils.data.default_collate([s[0] for s in samples]),
+            torch.cat([t["boxes"] for t in targets]), torch.cat([t["labels"] for t in targets]),
+            [len(t["labels"]) for t in targets],
+            [{k: v for k, v in t.items() if k not in ("boxes", "labels")} for t in targets])
+
+
+def _unpack(packed) -> tuple[torch.Tensor, list[dict]]:
+    images, boxes, labels, counts, meta = packed
+    return images, [{"boxes": b, "labels": c, **m} for b, c, m in zip(boxes.split(counts), labels.split(counts), meta)]
 
 
 def make_loader(dataset: torch.utils.data.Dataset, batches: EpochBatches, workers: int,
@@ -368,4 +382,4 @@ class _Raising:
         for batch in self.loader:
             if isinstance(batch, DataError):
                 raise DataError(str(batch))
-            yield batch
+            yield _unpack(batch)
