@@ -26,7 +26,7 @@ from .progress import MetricsLog, Progress, plot_curves
 from .synthetic import make_synthetic
 from .targets import DetectionLoss
 
-__all__ = ["TrainConfig", "TrainingDiverged", "train"]
+__all__ = ["TrainConfig", "TrainingDiverged", "memory_format", "train", "train_step"]
 
 DEFAULT_WORKERS = min(2, os.cpu_count() or 1)  # data loading processes; 0 loads in the training process
 

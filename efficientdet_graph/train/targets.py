@@ -17,7 +17,7 @@ from torchvision.ops import box_iou
 
 from ..model.anchors import Anchors, encode_boxes
 
-__all__ = ["Assignment", "LossConfig", "match_anchors", "match_anchors_batch", "DetectionLoss"]
+__all__ = ["Assignment", "LossConfig", "match_anchors", "match_anchors_batch", "focal_loss_sum", "DetectionLoss"]
 
 
 @dataclass(frozen=True)
