@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test install install-test clean proof ablation bench search search-benchmark
+.PHONY: demo test install install-test clean proof ablation bench bench-train search search-benchmark
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,14 @@ ablation: install
 bench: install-test
 	$(BIN)/python benchmarks/bench_effdet.py --model d0 --device cpu --threads 2 --batch 1 --reps 15 --compile \
 		--out benchmarks/results-cpu-d0.json
+
+# The training-step and data-pipeline tables of benchmarks/README.md (issue 13; 1 thread).
+bench-train: install-test
+	OMP_NUM_THREADS=1 PYTHONPATH=. $(BIN)/python benchmarks/bench_train_step.py --threads 1 \
+		--out benchmarks/results-train-step-cpu-d0.json
+	OMP_NUM_THREADS=1 PYTHONPATH=. $(BIN)/python benchmarks/bench_train_step.py --threads 1 --effdet-channels-last \
+		--no-check --out benchmarks/results-train-step-cpu-d0-both-channels-last.json
+	OMP_NUM_THREADS=1 PYTHONPATH=. $(BIN)/python benchmarks/bench_loader.py --threads 1 --out benchmarks/results-loader.json
 
 # Architecture search on the CPU: a complete study of the BiFPN edge space on the proxy
 # task, its front as YAML and plots, then the found graphs against FPN / PANet / BiFPN at

@@ -42,3 +42,26 @@ def test_json_records_versions_reps_and_output_difference(bench, tmp_path):
     assert 0 <= doc["max_abs_output_difference"]["1"] < 1e-4
     inference = [r for r in doc["rows"] if "training" not in r["what"]]
     assert inference and all(r["eval_mode"] for r in inference)
+
+
+def test_train_step_bench_records_and_checks_its_target(tmp_path):
+    """The training-step benchmark (ours vs effdet's DetBenchTrain) in a tiny configuration:
+    both sides train on the same batch (their first losses agree roughly: same weights and
+    loss definition, effdet normalises by positives + 1), the JSON holds the provenance, and
+    a target it cannot meet makes it exit 1."""
+    spec = importlib.util.spec_from_file_location("bench_train_step", ROOT / "benchmarks" / "bench_train_step.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec.loader.exec_module(mod)
+        out = tmp_path / "t.json"
+        rc = mod.main(["--size", "128", "--batch", "2", "--classes", "3", "--reps", "1", "--warmup", "0",
+                       "--target", "0", "--out", str(out)])
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    doc = json.loads(out.read_text())
+    assert rc == 1 and doc["target"] == {"ratio_at_most": 0, "measured": doc["rows"][0]["ratio"], "passed": False}
+    env = doc["env"]
+    assert env["effdet"] and env["timm"] and env["torch"] and "bench_train_step.py" in env["command"]
+    first = doc["first_step_loss"]
+    assert abs(first["ours"] - first["effdet"]) < 0.2 * first["effdet"]

@@ -89,6 +89,9 @@ def _train_args(p: argparse.ArgumentParser, default_out: str = "runs/train") -> 
                         "CPU: off), off, bf16 or fp16 (both also on CPU)")
     p.add_argument("--class-names", nargs="+", default=None, metavar="NAME",
                    help="display names of the data's categories, in category-id order (default: the data's)")
+    p.add_argument("--workers", type=bounded(int, 0, 256), default=None, metavar="N",
+                   help="data loading processes (0: load in the training process; default: up to 2, "
+                        "one per CPU core)")
     p.add_argument("--log-every", type=bounded(int, 1, 10**9), default=10, help="steps between metrics lines")
     p.add_argument("--synthetic-train", type=bounded(int, 1, 1_000_000), default=512)
     p.add_argument("--synthetic-val", type=bounded(int, 0, 1_000_000), default=128)
@@ -113,6 +116,8 @@ def _config(args: argparse.Namespace, **override):
         class_names=tuple(args.class_names) if args.class_names else None,
         train_data=args.train_data, val_data=args.val_data,
     )
+    if args.workers is not None:
+        fields["workers"] = args.workers
     return TrainConfig(**{**fields, **override})
 
 

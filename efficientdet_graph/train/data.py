@@ -11,19 +11,25 @@ from __future__ import annotations
 import json
 import math
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision import tv_tensors
+
+try:  # deprecated since torchvision 0.29 (for TorchCodec), still its fastest PNG/JPEG path
+    from torchvision.io import ImageReadMode, decode_image
+except ImportError:  # removed: PIL decodes everything
+    decode_image = None
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import ConfigError, DataError  # DataError is defined in errors.py, re-exported here
 
-__all__ = ["Augment", "DataError", "DataReport", "CocoDetection", "collate", "letterbox", "num_categories",
-           "resolve_data"]
+__all__ = ["Augment", "DataError", "DataReport", "CocoDetection", "EpochBatches", "collate", "letterbox",
+           "make_loader", "num_categories", "resolve_data", "sample_seed"]
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -205,12 +211,11 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def _load(self, i: int) -> tuple[torch.Tensor, dict]:
         item = self.items[i]
-        try:
-            with Image.open(item["path"]) as im:
-                image = TF.pil_to_tensor(im.convert("RGB"))
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-            raise DataError(f"{item['path']}: became unreadable during training ({e})") from None
+        image = _read_rgb(item["path"])
         h, w = item["size"]
+        if tuple(image.shape[-2:]) != (h, w):
+            raise DataError(f"{item['path']}: became unreadable during training (now {image.shape[-1]}x"
+                            f"{image.shape[-2]} pixels, was {w}x{h})")
         boxes = tv_tensors.BoundingBoxes(torch.tensor(item["boxes"], dtype=torch.float32).reshape(-1, 4),
                                          format="XYXY", canvas_size=(h, w))
         labels = torch.tensor(item["labels"], dtype=torch.int64)
@@ -222,6 +227,25 @@ class CocoDetection(torch.utils.data.Dataset):
         image = TF.normalize(TF.to_dtype(image, torch.float32, scale=True), MEAN, STD)
         return image, {"boxes": boxes.as_subclass(torch.Tensor).float(), "labels": labels, "image_id": item["id"],
                        "scale": scale, "orig_size": (h, w)}
+
+
+def _read_rgb(path: Path) -> torch.Tensor:
+    """(3, H, W) uint8: torchvision's decoders (libjpeg-turbo, libpng, libwebp) where they
+    read the file, PIL for the formats they do not (BMP, TIFF, ...)."""
+    if decode_image is not None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                image = decode_image(str(path), mode=ImageReadMode.RGB)
+            if image.dtype == torch.uint8:  # 16-bit PNGs decode to uint16: PIL's conversion, as before
+                return image
+        except (RuntimeError, ValueError):
+            pass
+    try:
+        with Image.open(path) as im:
+            return TF.pil_to_tensor(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: became unreadable during training ({e})") from None
 
 
 def _check_coco(coco: dict, file) -> None:
@@ -289,3 +313,93 @@ def seeded_order(n: int, seed: int, epoch: int) -> list[int]:
     order = list(range(n))
     random.Random(seed * 1_000_003 + epoch).shuffle(order)
     return order
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of sample ``index`` in ``epoch``: the same in any process or worker."""
+    return seed * 7_919_993 + epoch * 100_003 + index
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """The ``(index, seed)`` keys of one process's share of each batch of an epoch, from
+    batch ``start`` on (a run resumed mid-epoch goes on with its next batch). The epoch is
+    set before each ``iter(loader)``: persistent workers keep running between epochs and the
+    keys are drawn here, in the main process."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.steps = n // batch_size
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+    def __iter__(self):
+        order = seeded_order(self.n, self.seed, self.epoch)
+        per_rank = self.batch_size // self.world
+        for i in range(self.start, self.steps):
+            batch = order[i * self.batch_size:(i + 1) * self.batch_size][self.rank * per_rank:(self.rank + 1) * per_rank]
+            yield [(j, sample_seed(self.seed, self.epoch, j)) for j in batch]
+
+
+class _Reported(torch.utils.data.Dataset):
+    """Hands a sample's ``DataError`` back as a value: raised in a worker process it would
+    reach the user as a worker traceback; the main process raises it as it is."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        try:
+            return self.dataset[key]
+        except DataError as e:
+            return e
+
+
+def _collate_reported(samples):
+    """A batch as few tensors as possible: a worker hands each tensor to the main process
+    through its own shared-memory block, so the per-image boxes and labels travel
+    concatenated (and the images are stacked straight into shared memory)."""
+    errors = [s for s in samples if isinstance(s, DataError)]
+    if errors:
+        return errors[0]
+    targets = [s[1] for s in samples]
+    return (torch.utils.data.default_collate([s[0] for s in samples]),
+            torch.cat([t["boxes"] for t in targets]), torch.cat([t["labels"] for t in targets]),
+            [len(t["labels"]) for t in targets],
+            [{k: v for k, v in t.items() if k not in ("boxes", "labels")} for t in targets])
+
+
+def _unpack(packed) -> tuple[torch.Tensor, list[dict]]:
+    images, boxes, labels, counts, meta = packed
+    return images, [{"boxes": b, "labels": c, **m} for b, c, m in zip(boxes.split(counts), labels.split(counts), meta)]
+
+
+def make_loader(dataset: torch.utils.data.Dataset, batches: EpochBatches, workers: int,
+                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """Batches of ``dataset`` in the order ``batches`` gives, loaded by ``workers`` processes
+    (0: in this one). Iterating raises the ``DataError`` of an unreadable sample."""
+    loader = torch.utils.data.DataLoader(
+        _Reported(dataset), batch_sampler=batches, num_workers=workers, collate_fn=_collate_reported,
+        pin_memory=pin_memory, persistent_workers=workers > 0)
+    return _Raising(loader)
+
+
+class _Raising:
+    def __init__(self, loader: torch.utils.data.DataLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if isinstance(batch, DataError):
+                raise DataError(str(batch))
+            yield _unpack(batch)

@@ -20,14 +20,15 @@ from ..errors import ConfigError, EdgError, TrainingDiverged  # TrainingDiverged
 from ..model import EfficientDet, create_model, save_atomic
 from ..model.checkpoint import FORMAT, CheckpointError, model_from_checkpoint, read_checkpoint
 from ..graph import graph_to_yaml
-from .data import Augment, CocoDetection, DataError, collate, num_categories, resolve_data, seeded_order
+from .data import Augment, CocoDetection, DataError, EpochBatches, make_loader, num_categories, resolve_data
 from .evaluate import evaluate
 from .progress import MetricsLog, Progress, plot_curves
 from .synthetic import make_synthetic
 from .targets import DetectionLoss
 
-__all__ = ["TrainConfig", "TrainingDiverged", "train"]
+__all__ = ["TrainConfig", "TrainingDiverged", "memory_format", "train", "train_step"]
 
+DEFAULT_WORKERS = min(2, os.cpu_count() or 1)  # data loading processes; 0 loads in the training process
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class TrainConfig:
     resume: bool = False
     freeze_bn: bool = False
     sync_bn: bool = False
-    workers: int = 0
+    workers: int = DEFAULT_WORKERS
     eval_every: int = 1
     log_every: int = 10
     max_steps: int | None = None
@@ -101,6 +102,12 @@ def amp_mode(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if mode == "bf16" else torch.float16
 
 
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on the CPU, where oneDNN's convolutions are much faster in that layout
+    (benchmarks/README.md, the training step); on GPUs it is not measured yet: unchanged."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
 def _distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -117,15 +124,26 @@ class _Ema:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.decay = decay
+        self._pairs: tuple | None = None
+
+    def _tensors(self, model: nn.Module) -> tuple:
+        """The averaged and the copied tensors of both models, listed once: ``state_dict()``
+        builds a new dict every call, and one ``_foreach`` kernel per list beats a loop."""
+        if self._pairs is None or self._pairs[0] is not model:
+            ema, live = self.model.state_dict(), model.state_dict()
+            floats = [k for k, v in ema.items() if v.dtype.is_floating_point]
+            others = [k for k, v in ema.items() if not v.dtype.is_floating_point]
+            self._pairs = (model, [ema[k] for k in floats], [live[k].detach() for k in floats],
+                           [ema[k] for k in others], [live[k].detach() for k in others])
+        return self._pairs[1:]
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
-        for (_, e), (_, m) in zip(self.model.state_dict().items(), model.state_dict().items()):
-            if e.dtype.is_floating_point:
-                e.mul_(d).add_(m.detach(), alpha=1 - d)
-            else:
-                e.copy_(m)
+        ema_f, live_f, ema_o, live_o = self._tensors(model)
+        torch._foreach_lerp_(ema_f, live_f, 1 - d)  # e + (1 - d)(m - e) = d e + (1 - d) m
+        for e, m in zip(ema_o, live_o):
+            e.copy_(m)
 
 
 def _data_paths(cfg: TrainConfig) -> Path:
@@ -197,6 +215,8 @@ def _train(cfg: TrainConfig) -> dict:
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
+    if cfg.workers < 0:
+        raise ConfigError(f"workers must be >= 0 (0: load data in the training process), got {cfg.workers}")
     if cfg.batch_size % world:
         raise ConfigError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
     out = Path(cfg.out)
@@ -256,8 +276,10 @@ def _train(cfg: TrainConfig) -> dict:
             raise ConfigError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm only works on GPU modules "
                            "(on CPUs, use a larger per-process batch or --freeze-bn)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
+    model.to(device, memory_format=memory_format(device))
     ema = _Ema(model, cfg.ema_decay)
+    batches = EpochBatches(len(train_set), cfg.batch_size, cfg.seed, rank, world)
+    loader = make_loader(train_set, batches, cfg.workers, pin_memory=device.type == "cuda")
     steps_per_epoch = len(train_set) // cfg.batch_size
     if steps_per_epoch == 0:
         raise DataError(f"{len(train_set)} training images are fewer than one batch of {cfg.batch_size}")
@@ -268,7 +290,8 @@ def _train(cfg: TrainConfig) -> dict:
                               weight_decay=4e-5 if cfg.weight_decay is None else cfg.weight_decay)
     elif cfg.optimizer == "adamw":
         lr = cfg.lr or 2e-3
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01 if cfg.weight_decay is None else cfg.weight_decay)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01 if cfg.weight_decay is None else cfg.weight_decay,
+                                foreach=True)
     else:
         raise ConfigError(f"--optimizer must be sgd or adamw, got {cfg.optimizer!r}")
     warmup = warmup_steps(cfg.warmup_epochs, steps_per_epoch, total_steps)
@@ -310,7 +333,6 @@ def _train(cfg: TrainConfig) -> dict:
     amp_dtype = amp_mode(cfg.amp, device)
     use_amp = amp_dtype is not None
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    per_rank = cfg.batch_size // world
     summary: dict = {"epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch}
     last_eval: dict = {}
 
@@ -320,55 +342,44 @@ def _train(cfg: TrainConfig) -> dict:
             for mod in net.modules():
                 if isinstance(mod, nn.modules.batchnorm._BatchNorm):
                     mod.eval()
-        order = seeded_order(len(train_set), cfg.seed, epoch)
+        # a run saved mid-epoch (by --max-steps) goes on with that epoch's next batch
+        first = step - epoch * steps_per_epoch if step > epoch * steps_per_epoch else 0
+        batches.set_epoch(epoch, first)
+        batch_iter = iter(loader) if first < steps_per_epoch else iter(())
         bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", enabled=main and not cfg.quiet)
         t0, seen, epoch_loss = time.perf_counter(), 0, 0.0
-        # a run saved mid-epoch (by --max-steps) goes on with that epoch's next batch
-        for i in range(step - epoch * steps_per_epoch if step > epoch * steps_per_epoch else 0, steps_per_epoch):
+        waited = busy = 0.0  # seconds blocked on the data / of whole steps, since the last log line
+        for i in range(first, steps_per_epoch):
             if (cfg.max_steps is not None and step >= cfg.max_steps) or _STOP:
                 break
-            batch = order[i * cfg.batch_size:(i + 1) * cfg.batch_size][rank * per_rank:(rank + 1) * per_rank]
-            samples = [train_set[j, cfg.seed * 7_919_993 + epoch * 100_003 + j] for j in batch]
-            images, targets = collate(samples)
-            images = images.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                cls_out, box_out = net(images)
-            with torch.no_grad():
-                hw = tuple(images.shape[-2:])
-                _, _, pos = loss_fn.sums([c.detach() for c in cls_out], [b.detach() for b in box_out], targets, hw)
-                pos_total = pos.clone()
-                if world > 1:
-                    dist.all_reduce(pos_total)
-            losses = loss_fn(cls_out, box_out, targets, positives_total=pos_total, world_size=world, image_size=hw)
-            loss = losses["loss"]
-            report = torch.stack([loss.detach() / world, losses["cls"].detach() / world, losses["box"].detach() / world])
-            if world > 1:
-                dist.all_reduce(report)
-            if not torch.isfinite(report).all():
+            t_wait = time.perf_counter()
+            images, targets = next(batch_iter)
+            t_step = time.perf_counter()
+            waited += t_step - t_wait
+            images = images.to(device, non_blocking=True, memory_format=memory_format(device))
+            report, applied = train_step(net, loss_fn, opt, sched, scaler, ema, images, targets, step,
+                                         clip_grad=cfg.clip_grad, world=world, amp_dtype=amp_dtype if use_amp else None)
+            if not applied:
                 raise TrainingDiverged(
                     f"the loss became {report[0].item()} at step {step + 1} (epoch {epoch + 1}); stopped. "
                     f"The last good checkpoint is {ckpt_path if ckpt_path.exists() else '(none yet)'}; "
                     "try a lower --lr")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
             step += 1
-            ema.update(model, step)
             if main and cfg.save_every and step % cfg.save_every == 0 and i < steps_per_epoch - 1:
                 _save(ckpt_path, model, ema, opt, sched, epoch, step, cfg)  # --resume goes on mid-epoch
             seen += images.shape[0] * world
             value = report[0].item()
             epoch_loss += value
-            speed = seen / (time.perf_counter() - t0)
+            now = time.perf_counter()
+            busy += now - t_wait
+            speed = seen / (now - t0)
             bar.update(1, loss=value, **{"img/s": speed})
             if step % cfg.log_every == 0 or i == steps_per_epoch - 1:
+                # data_wait: the share of the steps since the last line spent waiting for batches
                 log.write(type="step", epoch=epoch + 1, step=step, loss=value, cls=report[1].item(),
                           box_weighted=loss_fn.cfg.box_weight * report[2].item(), lr=sched.get_last_lr()[0],
-                          img_per_s=speed)
+                          img_per_s=speed, data_wait=round(waited / busy, 4) if busy > 0 else 0.0)
+                waited = busy = 0.0
         bar.close()
         done = ((cfg.max_steps is not None and step >= cfg.max_steps) or _STOP) and step < (epoch + 1) * steps_per_epoch
         if done:
@@ -406,6 +417,43 @@ def _train(cfg: TrainConfig) -> dict:
             if path.exists():
                 summary[key] = str(path)
     return summary
+
+
+def train_step(net: nn.Module, loss_fn: DetectionLoss, opt: torch.optim.Optimizer, sched, scaler, ema: _Ema | None,
+               images: torch.Tensor, targets: list[dict], step: int, *, clip_grad: float, world: int = 1,
+               amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, bool]:
+    """One optimisation step of ``train`` (``benchmarks/bench_train_step.py`` times this very
+    function): forward, anchor matching, loss, backward, clipping, optimizer, schedule, EMA.
+    Returns [loss, cls, box] averaged over the processes, and whether the step was applied:
+    a non-finite loss changes nothing."""
+    model = net.module if hasattr(net, "module") else net
+    device = images.device
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        cls_out, box_out = net(images)
+    hw = tuple(images.shape[-2:])
+    # matched once: the positives normalise the loss (over all processes) and come from the matching
+    assignment = loss_fn.assign(targets, [tuple(c.shape[-2:]) for c in cls_out], device, hw)
+    pos_total = assignment.positives
+    if world > 1:
+        pos_total = pos_total.clone()
+        dist.all_reduce(pos_total)
+    losses = loss_fn(cls_out, box_out, positives_total=pos_total, world_size=world, assignment=assignment)
+    loss = losses["loss"]
+    report = torch.stack([loss.detach(), losses["cls"].detach(), losses["box"].detach()]) / world
+    if world > 1:
+        dist.all_reduce(report)
+    if not torch.isfinite(report).all():
+        return report, False
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    scaler.step(opt)
+    scaler.update()
+    sched.step()
+    if ema is not None:
+        ema.update(model, step + 1)
+    return report, True
 
 
 MAX_SANE_WEIGHT = 1e6  # finite losses can hide exploded weights (1e18 passes isfinite)
