@@ -609,3 +609,12 @@ def test_save_every_writes_mid_epoch_checkpoints(syn, tmp_path, monkeypatch):
     assert main(["train", "micro", "--data", str(syn), "--batch-size", "4", "--epochs", "1", "--eval-every", "99",
                  "--quiet", "--save-every", "2", "--out", str(tmp_path / "run")]) == 0
     assert saved == [2, 4, 6]  # 6 steps: every 2nd, the last one being the epoch's own save
+
+
+def test_atomically_written_files_get_the_mode_a_plain_write_gets(tmp_path):
+    from efficientdet_graph._io import atomic_write_text
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic_write_text(tmp_path / "atomic.json", "{}")
+    assert (tmp_path / "atomic.json").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
