@@ -20,7 +20,7 @@ demo: install
 	$(BIN)/edg tour --out runs/tour
 
 test: install-test
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs build dist *.egg-info
