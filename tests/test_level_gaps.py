@@ -18,6 +18,7 @@ from efficientdet_graph.passes import run_pass, run_passes
 from efficientdet_graph.profile import fvcore_flops, graph_cost
 
 from test_compile import randomize
+from test_errors import problems as located  # (line, column, message) of a spec's SpecError
 
 # P4 is made inside from P3 (down) and P5 (up): no P4 tensor is given.
 GAP = """\
@@ -256,15 +257,6 @@ def test_adapter_graph_onnx_matches_torch(adapter_td, tmp_path):
 
 
 # ---------------------------------------------------------------- (c) located errors
-
-
-def located(write, text):
-    path = write(text)
-    with pytest.raises(SpecError) as e:
-        load_graph(path)
-    for p in e.value.problems:
-        assert p.file == str(path)
-    return [(p.line, p.column, p.message) for p in e.value.problems]
 
 
 def test_input_level_outside_levels(write):
