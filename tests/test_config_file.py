@@ -145,6 +145,7 @@ def test_bad_keys_and_values_are_located(edg, tmp_path, text, key, hint):
     ("augment: {hflip: 1.5}\n", ("hflip", "1")),
     ("augment: {scale: [1.5, 0.5]}\n", ("scale", "lo <= hi")),
     ("augment: {scale: [0, 1]}\n", ("scale", "0")),
+    ("augment: {scale: [0.5, .inf]}\n", ("scale", "10")),  # was an OverflowError traceback
     ("augment: sometimes\n", ("augment", "none")),
     ("class_names: [a, b, a]\n", ("class_names", "'a'")),
     ("class_names: []\n", ("class_names",)),

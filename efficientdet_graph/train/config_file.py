@@ -19,7 +19,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool,
 
 from .._io import atomic_write_text
 from ..spec import read_spec
-from .data import Augment
+from .data import MAX_SCALE, Augment
 from .loop import AMP_MODES, TrainConfig
 
 __all__ = ["AugmentFile", "SplitFile", "TrainFile", "read_train_file", "write_train_file", "train_config"]
@@ -50,7 +50,7 @@ class AugmentFile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     hflip: Annotated[Number, Field(ge=0, le=1)] = Field(_DEFAULT_AUGMENT.hflip, description="probability of a horizontal flip")
-    scale: tuple[Annotated[Number, Field(gt=0)], Annotated[Number, Field(gt=0)]] = Field(
+    scale: tuple[Annotated[Number, Field(gt=0, le=MAX_SCALE)], Annotated[Number, Field(gt=0, le=MAX_SCALE)]] = Field(
         _DEFAULT_AUGMENT.scale, description="scale-jitter range [lo, hi] (1 = the image fitted to image_size)")
 
     @field_validator("scale")

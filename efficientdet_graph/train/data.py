@@ -31,6 +31,7 @@ from ..errors import ConfigError, DataError  # DataError is defined in errors.py
 __all__ = ["Augment", "DataError", "DataReport", "CocoDetection", "EpochBatches", "collate", "letterbox",
            "make_loader", "num_categories", "resolve_data", "sample_seed"]
 
+MAX_SCALE = 10.0  # the largest scale-jitter factor an Augment accepts
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -50,8 +51,9 @@ class Augment:
         lo, hi = self.scale
         if not 0 <= self.hflip <= 1:
             raise ConfigError(f"augment hflip is a probability in [0, 1], got {self.hflip}")
-        if not 0 < lo <= hi:
-            raise ConfigError(f"augment scale is a range [lo, hi] with 0 < lo <= hi, got {list(self.scale)}")
+        if not 0 < lo <= hi <= MAX_SCALE:  # also refuses NaN; beyond 10x the image is only memory
+            raise ConfigError(f"augment scale is a range [lo, hi] with 0 < lo <= hi <= {MAX_SCALE}, "
+                              f"got {list(self.scale)}")
 
 
 @dataclass
