@@ -15,13 +15,17 @@ __all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="make the built-in synthetic data set (COCO format)")
+    p = sub.add_parser("data", help="make a built-in synthetic data set (COCO format)")
     p.add_argument("kind", choices=("synthetic",))
+    p.add_argument("--task", choices=("shapes", "multiscale"), default="shapes",
+                   help="shapes: 1-4 large shapes (the tour's set); multiscale: the set where the neck decides "
+                        "(docs/tasks.md): sizes over 4 octaves, context classes, clutter; train/val/test")
     p.add_argument("--out", required=True)
-    p.add_argument("--train", type=bounded(int, 1, 1_000_000), default=512)
-    p.add_argument("--val", type=bounded(int, 0, 1_000_000), default=128)
-    p.add_argument("--size", type=bounded(int, 16, 8192), default=128)
-    p.add_argument("--classes", type=bounded(int, 1, 10_000), default=3)
+    p.add_argument("--train", type=bounded(int, 1, 1_000_000), default=None, help="default: 512 (multiscale 2048)")
+    p.add_argument("--val", type=bounded(int, 0, 1_000_000), default=None, help="default: 128 (multiscale 256)")
+    p.add_argument("--test", type=bounded(int, 0, 1_000_000), default=256, help="test images (multiscale only)")
+    p.add_argument("--size", type=bounded(int, 16, 8192), default=None, help="image side (default 128; multiscale 192)")
+    p.add_argument("--classes", type=bounded(int, 1, 10_000), default=3, help="classes (shapes only; multiscale has 8)")
     p.add_argument("--seed", type=bounded(int, 0, 2**31 - 1), default=0)
     p.set_defaults(handler=cmd_data)
 
@@ -78,6 +82,8 @@ def _train_args(p: argparse.ArgumentParser, default_out: str = "runs/train") -> 
     p.add_argument("--image-size", type=bounded(int, 32, 8192), default=None)
     p.add_argument("--graph", default=None, help="replace the spec's graph")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--init", default=None, metavar="CKPT",
+                   help="start from the backbone weights of CKPT (an edg train last.pt with the same backbone)")
     p.add_argument("--freeze-bn", action="store_true")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (torchrun)")
     p.add_argument("--eval-every", type=bounded(int, 1, 100_000), default=1)
@@ -114,7 +120,7 @@ def _config(args: argparse.Namespace, **override):
         eval_every=args.eval_every, max_steps=args.max_steps, save_every=args.save_every, synthetic_train=args.synthetic_train,
         synthetic_val=args.synthetic_val, quiet=args.quiet, log_every=args.log_every, amp=args.amp,
         class_names=tuple(args.class_names) if args.class_names else None,
-        train_data=args.train_data, val_data=args.val_data,
+        train_data=args.train_data, val_data=args.val_data, init=args.init,
     )
     if args.workers is not None:
         fields["workers"] = args.workers
@@ -137,10 +143,20 @@ def run_config(args: argparse.Namespace):
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    if args.task == "multiscale":
+        from ..train.multiscale import MultiscaleConfig, make_multiscale
+
+        n_train, n_val = args.train or 2048, 256 if args.val is None else args.val
+        cfg = MultiscaleConfig(image_size=args.size or 192)
+        out = make_multiscale(args.out, n_train, n_val, args.test, args.seed, cfg)
+        print(f"wrote {out}/train ({n_train} images), {out}/val ({n_val}, the search-val split) and "
+              f"{out}/test ({args.test}, for final claims only), COCO format")
+        return 0
     from ..train import make_synthetic
 
-    out = make_synthetic(args.out, args.train, args.val, args.size, args.classes, args.seed)
-    print(f"wrote {out}/train ({args.train} images) and {out}/val ({args.val} images), COCO format")
+    n_train, n_val = args.train or 512, 128 if args.val is None else args.val
+    out = make_synthetic(args.out, n_train, n_val, args.size or 128, args.classes, args.seed)
+    print(f"wrote {out}/train ({n_train} images) and {out}/val ({n_val} images), COCO format")
     return 0
 
 

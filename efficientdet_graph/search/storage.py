@@ -34,7 +34,7 @@ __all__ = ["open_storage", "is_journal", "worker_stamp", "fail_dead_workers", "r
 STALE_UNSTAMPED_S = 300.0
 
 
-def open_storage(url: str | None, run_dir: Path, heartbeat: int = 10) -> optuna.storages.BaseStorage:
+def open_storage(url: str | None, run_dir: Path, heartbeat: int | None = 10) -> optuna.storages.BaseStorage:
     """``None`` or a path (``*.journal``, ``journal:PATH``): journal file; ``sqlite:///``,
     ``postgresql://`` ...: Optuna's RDB storage with a heartbeat."""
     if url is None:
@@ -53,10 +53,12 @@ def open_storage(url: str | None, run_dir: Path, heartbeat: int = 10) -> optuna.
             with warnings.catch_warnings():  # Optuna 5 calls the retry callback deprecated; it is still the mechanism
                 warnings.simplefilter("ignore", FutureWarning)
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                engine = {"pool_pre_ping": True} if not url.startswith("sqlite") else None
+                if heartbeat is None:  # the caller keeps liveness itself (search.jobs)
+                    return optuna.storages.RDBStorage(url, engine_kwargs=engine)
                 return optuna.storages.RDBStorage(
                     url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                    failed_trial_callback=RetryFailedTrialCallback(max_retry=3),
-                    engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+                    failed_trial_callback=RetryFailedTrialCallback(max_retry=3), engine_kwargs=engine,
                 )
         except Exception as e:
             # workers started together on an empty database race to create Optuna's
