@@ -144,3 +144,22 @@ def test_pooled_sd_and_gate_against_hand_computed_figures():
     assert gate(summarize(_rows(floor_not_worst)))["worst_ok"] is False
     few = {n: v[:3] for n, v in values.items()}
     assert gate(summarize(_rows(few)))["passed"] is None  # waiting for 5 seeds each
+
+
+def test_a_space_point_and_its_built_in_are_one_network_of_the_table():
+    """The table dedups by structure with ops: bifpn_edges' fpn point writes `fusion:
+    fast_normalized` on its one-input top node, the built-in `sum`; a node with one input
+    fuses nothing, so both are the same network -- and a real fusion change is not."""
+    from efficientdet_graph.graph import canonical_hash
+    from efficientdet_graph.passes import load_graph
+    from efficientdet_graph.search.reference import network_from_graph, space_networks
+
+    points = {n.name: n.key for n in space_networks("bifpn_edges", 0)}
+    for name in ("fpn", "panet", "bifpn"):
+        assert points[name] == network_from_graph(name, load_graph(name), 2, "graph").key, name
+    g = load_graph("fpn")
+    single = g.copy()
+    single.nodes["P7_out"]["fusion"] = "concat"  # one input: not fused
+    double = g.copy()
+    double.nodes["P6_out"]["fusion"] = "concat"  # two inputs: another network
+    assert canonical_hash(single) == canonical_hash(g) != canonical_hash(double)

@@ -31,7 +31,9 @@ def register_search(s: argparse._SubParsersAction) -> None:
                    help="a COCO-format folder with train/, val/ (search-val) and test/ splits instead of --task")
     q.add_argument("--sampled", type=int, default=14, help="networks drawn from the space, spread over its FLOPs")
     q.add_argument("--sample-seed", type=int, default=0, help="seed of those draws")
-    q.add_argument("--graphs", nargs="*", default=["nasfpn", "gfpn"], help="named graphs added to the table")
+    q.add_argument("--graphs", nargs="*", default=["nasfpn", "gfpn:1"],
+                   help="named graphs added to the table, NAME or NAME:REPEAT (default repeat: the schedule's; "
+                        "GFPN's built-in is already 5 layers deep)")
     q.add_argument("--floor", nargs="*", default=["nofusion", "fpn", "panet", "bifpn"],
                    help="the noise-floor networks: the no-fusion neck first, then the fusing ones")
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of every network")
@@ -111,7 +113,13 @@ def _networks(args: argparse.Namespace, schedule) -> tuple[list, set]:
     floor = [network_from_graph(g, load_graph(g), schedule.repeat, "graph") for g in args.floor]
     nets, keys = list(floor), {n.key for n in floor}
     if not args.floor_only:
-        extra = [network_from_graph(g, load_graph(g), schedule.repeat, "graph") for g in args.graphs]
+        extra = []
+        for item in args.graphs:
+            name, _, rep = item.partition(":")
+            if rep and not (rep.isdigit() and 1 <= int(rep) <= 64):
+                raise _BadArgs(f"--graphs {item!r}: expected NAME or NAME:REPEAT with REPEAT 1..64")
+            label = name if not rep or int(rep) == schedule.repeat else f"{name}x{rep}"
+            extra.append(network_from_graph(label, load_graph(name), int(rep) if rep else schedule.repeat, "graph"))
         space = space_networks(args.space, args.sampled, args.sample_seed) if args.space else []
         for net in extra + space:
             if net.key not in keys:  # the space's fpn/panet/bifpn points are the floor's networks
@@ -125,7 +133,11 @@ def _worker(args_dict: dict, index: int) -> int:
     args = argparse.Namespace(**args_dict)
     build = _build(args)
     say = (lambda m: None) if args.quiet else (lambda m: print(f"[worker {index}] {m}", flush=True))
-    return build.work(say=say)
+    try:
+        return build.work(say=say)
+    except KeyboardInterrupt:
+        print(f"[worker {index}] stopped; its job is back in the queue", flush=True)
+        return 0
 
 
 def _build(args: argparse.Namespace):
@@ -151,13 +163,21 @@ def cmd_reference(args: argparse.Namespace) -> int:
     build = _build(args)
     nets, floor_keys = _networks(args, build.schedule)
     if not args.report:
-        added = build.add(nets, lambda n: args.floor_seeds if n.key in floor_keys else args.seeds)
+        # the floor first, and seed-major: the first finished jobs already compare the networks
+        floor = [n for n in nets if n.key in floor_keys]
+        rest = [n for n in nets if n.key not in floor_keys]
+        added = build.add(floor, args.floor_seeds) + build.add(rest, args.seeds)
         counts = build.queue.counts()
         print(f"{len(nets)} networks; {added} job(s) added; jobs: "
               + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), file=sys.stderr)
         if args.workers == 1:
             build.work(say=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)))
         else:
+            import signal
+
+            # SIGTERM (a scheduler's stop) ends the children too: each finishes its step,
+            # saves, and puts its job back in the queue
+            signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
             ctx = multiprocessing.get_context("spawn")
             plain = {k: v for k, v in vars(args).items() if k not in ("handler",) and not callable(v)}
             procs = [ctx.Process(target=_worker, args=(plain, i), daemon=False) for i in range(args.workers)]
@@ -168,7 +188,9 @@ def cmd_reference(args: argparse.Namespace) -> int:
                     time.sleep(1.0)
             except KeyboardInterrupt:
                 for p in procs:
-                    p.terminate()
+                    p.terminate()  # SIGTERM: a clean stop of the job in flight
+                for p in procs:
+                    p.join(timeout=120)
                 raise
             for p in procs:
                 p.join()

@@ -148,6 +148,14 @@ class JobQueue:
         self.storage.set_trial_user_attr(job.trial_id, "edg_reason", reason[:2000])
         self.storage.set_trial_state_values(job.trial_id, TrialState.FAIL)
 
+    def _interrupted(self, job: Job) -> None:
+        try:
+            self.storage.set_trial_user_attr(job.trial_id, "edg_status", "interrupted")
+            self.storage.set_trial_state_values(job.trial_id, TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            return
+        self._enqueue(job.key, job.spec, job.attempt, retry_of=job.number)
+
     # ------------------------------------------------------------------------ lost jobs
 
     def _lost(self, t: FrozenTrial, now: float) -> bool:
@@ -198,6 +206,10 @@ class JobQueue:
             with self.beating(job):
                 try:
                     value, attrs = run(job)
+                except KeyboardInterrupt:
+                    # stopped on purpose (Ctrl-C, SIGTERM): back in the queue at once, same attempt
+                    self._interrupted(job)
+                    raise
                 except Exception as e:  # noqa: BLE001 -- the job's own failure, recorded
                     say(f"job {job.key} failed: {type(e).__name__}: {e}")
                     self.fail(job, f"{type(e).__name__}: {e}")

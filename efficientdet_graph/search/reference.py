@@ -260,10 +260,11 @@ class ReferenceBuild:
         self.schedule = schedule
         self.queue = JobQueue(f"{name}-{schedule.fingerprint()}", self.out, storage, heartbeat=heartbeat)
 
-    def add(self, networks: Sequence[Network], seeds_for: Callable[[Network], Sequence[int]]) -> int:
+    def add(self, networks: Sequence[Network], seeds: Sequence[int]) -> int:
+        """Queue every network at every seed, seed-major (all networks at the first seed first)."""
         jobs = []
-        for net in networks:
-            for seed in seeds_for(net):
+        for seed in seeds:
+            for net in networks:
                 jobs.append((job_key(net, seed), {"network": asdict(net), "seed": seed,
                                                   "graph_yaml": net.graph_yaml, "schedule": asdict(self.schedule)}))
         return self.queue.add(jobs)
