@@ -43,7 +43,7 @@ def _labelled(g: nx.DiGraph, ops: bool) -> nx.DiGraph:
     for s, d in u.edges:
         label = ""
         if ops:
-            ordered = node_option(u, d, "fusion") in ORDERED_FUSIONS
+            ordered = _option(u, d, "fusion") in ORDERED_FUSIONS
             resample = "|".join(edge_option(u, s, d, k) for k in ("downsample", "upsample"))
             label = f"{resample}|{u.edges[s, d]['index'] if ordered else '*'}"
         lab.add_edge(s, d, label=label)
