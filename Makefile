@@ -72,10 +72,10 @@ search-benchmark: install
 # same target again after a stop; several machines can share one --storage postgresql://...).
 # noise-floor: the no-fusion neck, FPN, PANet and BiFPN, 5 seeds each; exit 1 if the gate fails.
 noise-floor: install
-	$(BIN)/edg search reference --floor-only --out runs/reference --workers 2 \
+	$(BIN)/edg search reference --floor-only --out reference/multiscale --workers 2 \
 		--results search/results/noise-floor-multiscale.json
 
 # reference: the floor plus NAS-FPN, GFPN and bifpn_edges' points and 14 sampled networks, 2 seeds each.
 reference: noise-floor
-	$(BIN)/edg search reference bifpn_edges --out runs/reference --workers 2 \
+	$(BIN)/edg search reference bifpn_edges --out reference/multiscale --workers 2 \
 		--results search/results/reference-multiscale.json

@@ -174,11 +174,11 @@ def pretrained_backbone(out: Path, data: str, schedule: Schedule, say: Callable[
     from ..train.data import Augment, num_categories, resolve_data
 
     work = out / f"pretrain-{schedule.fingerprint()}"
-    done = work / "done.json"
+    done, backbone = work / "done.json", work / "backbone.pt"
     work.mkdir(parents=True, exist_ok=True)
     with locked(work / ".lock"):
-        if done.exists():
-            return work / "last.pt"
+        if done.exists() and backbone.exists():
+            return backbone
         say(f"pre-training the shared backbone ({schedule.pretrain_epochs} epochs, {schedule.pretrain_graph} neck)")
         net = Network("pretrain", "", schedule.repeat, "graph", key="pretrain")
         num_classes = num_categories(resolve_data(data, "train")[0])
@@ -196,8 +196,16 @@ def pretrained_backbone(out: Path, data: str, schedule: Schedule, say: Callable[
             torch.set_num_threads(threads)
         if summary.get("interrupted"):
             raise KeyboardInterrupt(f"pre-training stopped by {summary['interrupted']}")
+        # the backbone alone (2 MB, committed with the build's journal so that a later session
+        # goes on from the same start); the full checkpoint stays a local file
+        from .._io import atomic_open
+        from ..model.checkpoint import read_checkpoint
+
+        weights = {k: v for k, v in read_checkpoint(work / "last.pt")["state_dict"].items() if k.startswith("backbone.")}
+        with atomic_open(backbone, "wb") as f:
+            torch.save({"state_dict": weights, "schedule": asdict(schedule)}, f)
         atomic_write_text(done, json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float, str))}))
-        return work / "last.pt"
+        return backbone
 
 
 def run_job(spec: dict, data: str, job_dir: Path, init: Path | None = None, quiet: bool = True) -> tuple[float, dict]:
