@@ -130,6 +130,11 @@ def _networks(args: argparse.Namespace, schedule) -> tuple[list, set]:
 
 def _worker(args_dict: dict, index: int) -> int:
     """One local worker process (spawned): joins the build and works until nothing is left."""
+    import signal
+
+    # SIGTERM from the parent: a job waiting (for the shared backbone, or for others) goes
+    # back to the queue like one training (whose own handler finishes the step first)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     args = argparse.Namespace(**args_dict)
     build = _build(args)
     say = (lambda m: None) if args.quiet else (lambda m: print(f"[worker {index}] {m}", flush=True))
