@@ -383,18 +383,20 @@ class FeatureInputs:
     image_size: HW
 
 
-def feature_inputs(spec_or_name: ModelSpec | str | os.PathLike,
-                   image_size: int | tuple[int, int] | None = None) -> FeatureInputs:
+def feature_inputs(spec_or_name: ModelSpec | str | os.PathLike, image_size: int | tuple[int, int] | None = None,
+                   **overrides) -> FeatureInputs:
     """``graph_cost(f.graph, f.channels, f.in_channels, f.image_size)`` is the ``fpn``
     component of ``model_cost``; change the graph's repeat or the width to count the same
-    detector at another scale (``search.compare.matched_scale``)."""
+    detector at another scale (``search.compare.matched_scale``). ``overrides`` replace
+    spec fields as ``create_model``'s do (``graph="fpn"``)."""
     from ..model.build import feature_graph
 
-    spec, graph, hw, _, _, _, bb_channels = _resolved(spec_or_name, image_size)
+    spec, graph, hw, _, _, _, bb_channels = _resolved(spec_or_name, image_size, overrides)
     return FeatureInputs(feature_graph(spec, graph), spec.fpn_channels, dict(bb_channels), hw)
 
 
-def _resolved(spec_or_name: ModelSpec | str | os.PathLike, image_size: int | tuple[int, int] | None) -> tuple:
+def _resolved(spec_or_name: ModelSpec | str | os.PathLike, image_size: int | tuple[int, int] | None,
+              overrides: dict | None = None) -> tuple:
     from ..model.backbone import pick_levels
     from ..model.build import load_model_spec, model_graph
     from ..scale import resolve
@@ -404,6 +406,8 @@ def _resolved(spec_or_name: ModelSpec | str | os.PathLike, image_size: int | tup
     else:
         spec, src, path = load_model_spec(spec_or_name)
         base = path.parent
+    if overrides:  # as create_model applies them: a graph path stays relative to the spec's folder
+        spec = ModelSpec.model_validate({**spec.model_dump(exclude_unset=True), **overrides})
     spec = resolve(spec)
     where = src or SourceMap(f"<{spec.name}>")
     if spec.head_channels != spec.fpn_channels:
