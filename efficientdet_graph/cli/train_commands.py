@@ -61,7 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="tiny-bifpn", help="the spec every graph is put into")
     p.add_argument("--seeds", nargs="+", type=bounded(int, 0, 2**31 - 1), default=None, metavar="S",
                    help="train every graph once per seed, in OUT/GRAPH/seed-S; the table gives each graph's "
-                        "mean, sample SD and range (default: --seed alone, in OUT/GRAPH)")
+                        "mean, sample SD and range (default: --seed alone, in OUT/GRAPH; --seed still seeds "
+                        "the synthetic data)")
     p.add_argument("--match", choices=("none", "flops", "width"), default="none",
                    help="none: every graph at the spec's width and depth; flops: each graph's feature-network "
                         "FLOPs matched to the first graph's by changing its repeat first (the paper's "
@@ -269,12 +270,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_ablation(args: argparse.Namespace) -> int:
-    from dataclasses import asdict, replace
+    from dataclasses import asdict
 
     from .._io import atomic_write_text
-    from ..model import load_model
-    from ..profile import profile_model
-    from ..train import train
     from ..train import ablation as ab
     from ..train.loop import _device
 
@@ -318,43 +316,18 @@ def cmd_ablation(args: argparse.Namespace) -> int:
                   f"({s.diff_pct:+.1f}% vs {scales[0].graph})")
     runs, profiles = [], {}
     for scale in scales:
-        graph = scale.graph
         sized = {"fpn_repeat": scale.repeat, "fpn_channels": scale.channels} if args.match != "none" else {}
         for seed in seeds:
-            run = ab.run_dir(out, graph, seed, per_seed)
-            cfg = _config(args, data=data, out=str(run), graph=graph, seed=seed, **sized)
-            end = None
-            if args.resume and (run / "last.pt").exists():
-                done = ab.check_resumable(run, graph, scale if sized else None)
-                end = ab.final_record(run, args.epochs)
-                if end is None and done >= args.epochs:
-                    # killed after its last checkpoint, before its final evaluation was logged: resuming
-                    # would train nothing and evaluate nothing, so this one run is trained anew
-                    print(f"{run}: its last epoch's evaluation is missing; training it anew")
-                    cfg = replace(cfg, resume=False)
-            if end is not None:
-                print(f"== {graph}, seed {seed}: finished before ({run}); not trained again")
-            else:
-                print(f"== {graph}, seed {seed}" + (f" (repeat {scale.repeat}, width {scale.channels})" if sized else ""))
-                summary = train(cfg)  # TrainingDiverged: main() prints it and exits 1
-                if "interrupted" in summary:
-                    print(f"stopped by {summary['interrupted']} in {run}; continue the ablation with --resume",
-                          file=sys.stderr)
-                    return 128 + int(getattr(signal, summary["interrupted"]))
-                end = ab.final_record(run, args.epochs) or {}
-            val = {k: end[k] for k in ("map", "map50", "map75") if k in end}
-            test = {}
-            if with_test and (run / "last.pt").exists() and end:
-                metrics = ab.test_metrics(run, data, end["step"], args.batch_size, device)
-                test = {k: metrics[k] for k in ("map", "map50", "map75") if k in metrics}
-            runs.append({"graph": graph, "seed": seed, "dir": str(run), "val": val, "test": test,
-                         "img_per_s": end.get("img_per_s")})
-            if graph not in profiles and (run / "last.pt").exists():
-                model = load_model(run / "last.pt")
-                prof = profile_model(model)
-                profiles[graph] = {"repeat": model.spec.fpn_repeat, "channels": model.spec.fpn_channels,
-                                   "params": prof.params, "fpn_params": prof.components["fpn"]["params"],
-                                   "flops": prof.flops, "fpn_flops": prof.components["fpn"]["flops"]}
+            run = ab.run_dir(out, scale.graph, seed, per_seed)
+            cfg = _config(args, data=data, out=str(run), graph=scale.graph, seed=seed, **sized)
+            result = ab.run_one(cfg, scale if sized else None, with_test, device)
+            if "interrupted" in result:
+                print(f"stopped by {result['interrupted']} in {run}; continue the ablation with --resume",
+                      file=sys.stderr)
+                return 128 + int(getattr(signal, result["interrupted"]))
+            runs.append(result)
+            if scale.graph not in profiles:  # every seed trains the same network
+                profiles[scale.graph] = ab.profile_run(run)
     rows = ab.graph_rows(scales, runs, profiles, args.match, with_test)
     scale_note = {"none": "at the spec's width and depth",
                   "flops": f"at matched feature-network FLOPs (±{100 * args.tolerance:g}%, repeat changed first)",

@@ -16,13 +16,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .._io import atomic_write_text
 from ..errors import ConfigError
 
-__all__ = ["MATCHES", "Scale", "plan_scales", "run_dir", "final_record", "check_resumable", "has_test_split",
-           "test_metrics", "graph_rows", "table_markdown", "seed_noise"]
+__all__ = ["MATCHES", "Scale", "plan_scales", "run_dir", "final_record", "check_resumable", "run_one", "profile_run",
+           "has_test_split", "test_metrics", "graph_rows", "table_markdown", "seed_noise"]
 
 MATCHES = ("none", "flops", "width")
 
@@ -126,6 +126,54 @@ def test_metrics(run: Path, data: str, step: int, batch_size: int, device: str) 
     metrics = evaluate(load_model(run / "last.pt"), data, batch_size, device, split="test")
     atomic_write_text(cache, json.dumps({"step": step, "metrics": metrics}, indent=2))
     return metrics
+
+
+def run_one(cfg: Any, scale: Scale | None, with_test: bool, device: str, say: Callable[[str], None] = print) -> dict:
+    """Train (or, with ``cfg.resume``, read back or continue) one (graph, seed) in
+    ``cfg.out``: its final validation figures, test-split figures where ``with_test``, and
+    its median training speed; ``{"interrupted": SIGNAL}`` when a signal stopped it.
+    ``scale``: the matched scale its checkpoint must have (None: the spec's)."""
+    from dataclasses import replace
+
+    from .loop import train
+
+    run = Path(cfg.out)
+    end = None
+    if cfg.resume and (run / "last.pt").exists():
+        done = check_resumable(run, cfg.graph, scale)
+        end = final_record(run, cfg.epochs)
+        if end is None and done >= cfg.epochs:
+            # killed after its last checkpoint, before its final evaluation was logged: resuming
+            # would train nothing and evaluate nothing, so this one run is trained anew
+            say(f"{run}: its last epoch's evaluation is missing; training it anew")
+            cfg = replace(cfg, resume=False)
+    if end is not None:
+        say(f"== {cfg.graph}, seed {cfg.seed}: finished before ({run}); not trained again")
+    else:
+        say(f"== {cfg.graph}, seed {cfg.seed}"
+            + (f" (repeat {scale.repeat}, width {scale.channels})" if scale is not None else ""))
+        summary = train(cfg)  # TrainingDiverged: the CLI prints it and exits 1
+        if "interrupted" in summary:
+            return {"interrupted": summary["interrupted"]}
+        end = final_record(run, cfg.epochs) or {}  # {}: stopped early by max_steps, no final figures
+    test = {}
+    if with_test and end:
+        metrics = test_metrics(run, cfg.data, end["step"], cfg.batch_size, device)
+        test = {k: metrics[k] for k in ("map", "map50", "map75") if k in metrics}
+    return {"graph": cfg.graph, "seed": cfg.seed, "dir": str(run), "test": test,
+            "val": {k: end[k] for k in ("map", "map50", "map75") if k in end}, "img_per_s": end.get("img_per_s")}
+
+
+def profile_run(run: Path) -> dict:
+    """Scale and counts of the network a run trained (torch's counter on its checkpoint)."""
+    from ..model import load_model
+    from ..profile import profile_model
+
+    model = load_model(run / "last.pt")
+    prof = profile_model(model)
+    return {"repeat": model.spec.fpn_repeat, "channels": model.spec.fpn_channels, "params": prof.params,
+            "fpn_params": prof.components["fpn"]["params"], "flops": prof.flops,
+            "fpn_flops": prof.components["fpn"]["flops"]}
 
 
 def has_test_split(data: str | Path) -> bool:
