@@ -12,7 +12,7 @@ import pytest
 
 from efficientdet_graph.cli import main
 from efficientdet_graph.model import create_model, load_model
-from efficientdet_graph.profile import profile_model
+from efficientdet_graph.profile import model_cost, profile_model
 from efficientdet_graph.train import make_synthetic
 from efficientdet_graph.train.ablation import plan_scales
 from efficientdet_graph.train.progress import MetricsLog
@@ -81,16 +81,20 @@ def test_seeds_give_every_graph_its_mean_sd_and_range(seeded, data):
 def test_resume_trains_only_what_is_not_finished(seeded, data, capsys):
     out = seeded["out"]
     runs = [out / g / f"seed-{s}" for g in ("fpn", "bifpn") for s in (0, 1)]
-    kept = {run: ((run / "last.pt").stat().st_mtime_ns, (run / "metrics.jsonl").read_text()) for run in runs[:3]}
-    shutil.rmtree(runs[3])  # bifpn seed 1 never ran
+    kept = {run: ((run / "last.pt").stat().st_mtime_ns, (run / "metrics.jsonl").read_text()) for run in runs}
+    # bifpn seed 1 was killed after its last checkpoint, before its final evaluation was
+    # logged: not finished, and resuming it would evaluate nothing, so it trains anew
+    lines = kept[runs[3]][1].splitlines()
+    (runs[3] / "metrics.jsonl").write_text("\n".join(line for line in lines if '"type": "epoch"' not in line) + "\n")
     capsys.readouterr()
     code = main(["ablation", *FAST, "--graphs", "fpn", "bifpn", "--seeds", "0", "1", "--data", str(data),
                  "--out", str(out), "--resume"])
     printed = capsys.readouterr().out
-    assert code == 0 and printed.count("not trained again") == 3
-    for run, (mtime, lines) in kept.items():
-        assert (run / "last.pt").stat().st_mtime_ns == mtime and (run / "metrics.jsonl").read_text() == lines
-    assert (runs[3] / "last.pt").exists()
+    assert code == 0 and printed.count("not trained again") == 3 and "training it anew" in printed
+    for run in runs[:3]:
+        assert ((run / "last.pt").stat().st_mtime_ns, (run / "metrics.jsonl").read_text()) == kept[run]
+    assert (runs[3] / "last.pt").stat().st_mtime_ns != kept[runs[3]][0]
+    assert '"type": "epoch"' in (runs[3] / "metrics.jsonl").read_text()
     rows = json.loads((out / "table.json").read_text())
     assert rows[0]["val"] == seeded["rows"][0]["val"]  # the finished runs' figures, read back
 
@@ -113,9 +117,9 @@ def test_gate_decides_the_exit_code_from_the_seed_noise(seeded, data, capsys):
     assert f"Pooled seed SD of val mAP@0.5: {sd:.4f}" in printed
 
 
-def test_match_flops_trains_each_graph_at_the_first_graphs_cost(data, tmp_path):
+def test_match_flops_trains_each_graph_at_the_first_graphs_cost(data, tmp_path, capsys):
     graphs, tolerance = ("bifpn", "fpn", "nasfpn"), 0.10
-    base = {g: profile_model(create_model("micro", graph=g)).components["fpn"]["flops"] for g in graphs}
+    base = {g: model_cost(create_model("micro", graph=g).spec).components["fpn"]["flops"] for g in graphs}
     # at equal width and depth they are far apart: matching has work to do
     assert all(abs(base[g] / base["bifpn"] - 1) > tolerance for g in graphs[1:])
     out = tmp_path / "out"
@@ -134,6 +138,12 @@ def test_match_flops_trains_each_graph_at_the_first_graphs_cost(data, tmp_path):
     # one layer already, only by a smaller width
     assert rows["fpn"]["channels"] == 16 and rows["fpn"]["repeat"] > 1
     assert rows["nasfpn"]["repeat"] == 1 and rows["nasfpn"]["channels"] < 16
+    # resuming these runs at the spec's scale would go on training the matched networks
+    # under the unmatched rows' names: refused
+    before = (out / "fpn" / "last.pt").stat().st_mtime_ns
+    code = main(["ablation", *FAST, "--graphs", *graphs, "--data", str(data), "--out", str(out), "--resume"])
+    assert code == 2 and "fpn at repeat 2, width 16" in capsys.readouterr().err
+    assert (out / "fpn" / "last.pt").stat().st_mtime_ns == before
 
 
 def test_match_width_changes_the_width_first():

@@ -320,7 +320,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
         for seed in seeds:
             run = ab.run_dir(out, scale.graph, seed, per_seed)
             cfg = _config(args, data=data, out=str(run), graph=scale.graph, seed=seed, **sized)
-            result = ab.run_one(cfg, scale if sized else None, with_test, device)
+            result = ab.run_one(cfg, scale, with_test, device)
             if "interrupted" in result:
                 print(f"stopped by {result['interrupted']} in {run}; continue the ablation with --resume",
                       file=sys.stderr)

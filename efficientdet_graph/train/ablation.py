@@ -22,7 +22,7 @@ from .._io import atomic_write_text
 from ..errors import ConfigError
 
 __all__ = ["MATCHES", "Scale", "plan_scales", "run_dir", "final_record", "check_resumable", "run_one", "profile_run",
-           "has_test_split", "test_metrics", "graph_rows", "table_markdown", "seed_noise"]
+           "has_test_split", "scored_on_test", "graph_rows", "table_markdown", "seed_noise"]
 
 MATCHES = ("none", "flops", "width")
 
@@ -90,7 +90,7 @@ def final_record(run: Path, epochs: int) -> dict | None:
     return ends[-1] if ends else None
 
 
-def check_resumable(run: Path, graph: str, scale: Scale | None) -> int:
+def check_resumable(run: Path, graph: str, scale: Scale) -> int:
     """A checkpoint that ``--resume`` would continue must be of this graph at this scale:
     resuming rebuilds the model from the checkpoint, so another one would be trained on
     silently under the new row's name. Returns the epochs it has finished."""
@@ -100,7 +100,7 @@ def check_resumable(run: Path, graph: str, scale: Scale | None) -> int:
     spec = ckpt.get("spec", {}) if isinstance(ckpt, dict) else {}
     config = ckpt.get("train_state", {}).get("config", {}) if isinstance(ckpt, dict) else {}
     was = (config.get("graph"), spec.get("fpn_repeat"), spec.get("fpn_channels"))
-    want = (graph, *((scale.repeat, scale.channels) if scale is not None else was[1:]))
+    want = (graph, scale.repeat, scale.channels)
     if was != want:
         raise ConfigError(f"{run / 'last.pt'} holds graph {was[0]} at repeat {was[1]}, width {was[2]}; this ablation "
                           f"trains {want[0]} at repeat {want[1]}, width {want[2]}: give another --out, or leave out "
@@ -108,10 +108,10 @@ def check_resumable(run: Path, graph: str, scale: Scale | None) -> int:
     return int(ckpt.get("train_state", {}).get("epoch", 0))
 
 
-def test_metrics(run: Path, data: str, step: int, batch_size: int, device: str) -> dict:
+def scored_on_test(run: Path, data: str, step: int, batch_size: int, device: str) -> dict:
     """The final (EMA) checkpoint's COCO metrics on the data folder's test split, kept in
     ``RUN/test.json`` for the checkpoint's step so that a resumed ablation does not
-    evaluate again."""
+    evaluate again (``run_one`` removes it before it trains)."""
     from ..model import load_model
     from .evaluate import evaluate
 
@@ -128,11 +128,11 @@ def test_metrics(run: Path, data: str, step: int, batch_size: int, device: str) 
     return metrics
 
 
-def run_one(cfg: Any, scale: Scale | None, with_test: bool, device: str, say: Callable[[str], None] = print) -> dict:
+def run_one(cfg: Any, scale: Scale, with_test: bool, device: str, say: Callable[[str], None] = print) -> dict:
     """Train (or, with ``cfg.resume``, read back or continue) one (graph, seed) in
     ``cfg.out``: its final validation figures, test-split figures where ``with_test``, and
-    its median training speed; ``{"interrupted": SIGNAL}`` when a signal stopped it.
-    ``scale``: the matched scale its checkpoint must have (None: the spec's)."""
+    its training speed; ``{"interrupted": SIGNAL}`` when a signal stopped it. ``scale``:
+    the repeat and width its network has (``cfg`` trains it at that scale)."""
     from dataclasses import replace
 
     from .loop import train
@@ -150,15 +150,15 @@ def run_one(cfg: Any, scale: Scale | None, with_test: bool, device: str, say: Ca
     if end is not None:
         say(f"== {cfg.graph}, seed {cfg.seed}: finished before ({run}); not trained again")
     else:
-        say(f"== {cfg.graph}, seed {cfg.seed}"
-            + (f" (repeat {scale.repeat}, width {scale.channels})" if scale is not None else ""))
+        say(f"== {cfg.graph}, seed {cfg.seed} (repeat {scale.repeat}, width {scale.channels})")
+        (run / "test.json").unlink(missing_ok=True)  # another network's test figures, at the same step
         summary = train(cfg)  # TrainingDiverged: the CLI prints it and exits 1
         if "interrupted" in summary:
             return {"interrupted": summary["interrupted"]}
         end = final_record(run, cfg.epochs) or {}  # {}: stopped early by max_steps, no final figures
     test = {}
     if with_test and end:
-        metrics = test_metrics(run, cfg.data, end["step"], cfg.batch_size, device)
+        metrics = scored_on_test(run, cfg.data, end["step"], cfg.batch_size, device)
         test = {k: metrics[k] for k in ("map", "map50", "map75") if k in metrics}
     return {"graph": cfg.graph, "seed": cfg.seed, "dir": str(run), "test": test,
             "val": {k: end[k] for k in ("map", "map50", "map75") if k in end}, "img_per_s": end.get("img_per_s")}
