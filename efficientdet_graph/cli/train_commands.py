@@ -296,7 +296,8 @@ def cmd_ablation(args: argparse.Namespace) -> int:
         first = scales[0]
         raise ConfigError(
             f"--match {args.match}: cannot bring the feature-network FLOPs of {', '.join(s.graph for s in missed)} "
-            f"within ±{100 * args.tolerance:g}% of {first.graph}'s ({first.fpn_flops:,}); nearest found: "
+            f"within ±{100 * args.tolerance:g}% of {first.graph}'s ({first.fpn_flops:,}) at any repeat up to "
+            "twice the spec's (8 at least) and width up to 4x the spec's; at the spec's scale: "
             + "; ".join(f"{s.graph} repeat {s.repeat}, width {s.channels}: {s.fpn_flops:,} ({s.diff_pct:+.1f}%)"
                         for s in missed)
             + ". Give a larger --tolerance, the other --match, or leave these graphs out")
