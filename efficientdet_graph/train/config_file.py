@@ -84,6 +84,8 @@ class TrainFile(BaseModel):
     out: StrictStr | None = Field(None, description="run folder: checkpoint, metrics, curves, run.yaml")
     init: StrictStr | None = Field(None, description="checkpoint whose backbone weights start the run")
     image_size: Positive | None = None
+    fpn_repeat: Positive | None = Field(None, description="feature-network layers, instead of the spec's")
+    fpn_channels: Positive | None = Field(None, description="feature-network (and head) width, instead of the spec's")
     epochs: Positive | None = None
     batch_size: Positive | None = None
     optimizer: Literal["adamw", "sgd"] | None = None

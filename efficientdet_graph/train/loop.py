@@ -48,6 +48,9 @@ class TrainConfig:
     seed: int = 0
     image_size: int | None = None
     graph: str | None = None
+    # the spec's feature-network depth and width, replaced (an ablation at matched FLOPs)
+    fpn_repeat: int | None = None
+    fpn_channels: int | None = None
     resume: bool = False
     freeze_bn: bool = False
     sync_bn: bool = False
@@ -172,6 +175,9 @@ def _build(cfg: TrainConfig, num_classes: int) -> EfficientDet:
         overrides["image_size"] = cfg.image_size
     if cfg.graph:
         overrides["graph"] = cfg.graph
+    for key in ("fpn_repeat", "fpn_channels"):
+        if getattr(cfg, key) is not None:
+            overrides[key] = getattr(cfg, key)
     return create_model(cfg.model, **overrides)
 
 
