@@ -112,8 +112,7 @@ def test_written_run_reads_back_to_the_same_config(tmp_path):
                   freeze_bn=True, sync_bn=True,
                   eval_every=2, log_every=3, max_steps=11, save_every=6, synthetic_train=20, synthetic_val=0,
                   synthetic_classes=2, augment=Augment(0.25, (0.75, 1.0)), amp="bf16", class_names=("p", "q"),
-                  train_data=(str(spec), str(tmp_path)), val_data=("no/such/val.json", "no/such/images"),
-                  init=str(spec))
+                  train_data=(str(spec), str(tmp_path)), val_data=("no/such/val.json", "no/such/images"))
     assert set(varied) | set(NOT_IN_FILE) == {f.name for f in fields(TrainConfig)}, "a new field: add it here"
     default = TrainConfig()
     assert all(varied[k] != getattr(default, k) for k in varied)
