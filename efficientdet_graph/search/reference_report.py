@@ -51,12 +51,24 @@ def markdown_table(table: Sequence[dict], verdict: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _task(data: str) -> dict:
+    """The data folder and what is in each split (images, objects, classes)."""
+    out: dict = {"data": str(data), "splits": {}}
+    for split in ("train", "val", "test"):
+        path = Path(data) / split / "annotations.json"
+        if path.is_file():
+            coco = json.loads(path.read_text())
+            out["splits"][split] = {"images": len(coco["images"]), "objects": len(coco["annotations"]),
+                                    "classes": [c["name"] for c in coco["categories"]]}
+    return out
+
+
 def write_reference_results(path: str | Path, build, rows: list[dict], table: list[dict], verdict: dict,
                             counts: dict) -> Path:
     walls = [r["wall_s"] for r in rows if "wall_s" in r]
     doc = {
         **provenance(),
-        "task": {"data": build.data},
+        "task": _task(build.data),
         "schedule": asdict(build.schedule),
         "jobs": counts,
         "cost": {"jobs_done": len(walls), "median_job_s": statistics.median(walls) if walls else None,
