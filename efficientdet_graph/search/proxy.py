@@ -5,25 +5,28 @@ graph, its ``repeat`` unrolled, compiled with ``compile_graph``), the input adap
 that makes the levels above the backbone's top, and the class/box heads -- on
 backbone features computed once and cached on disk. The backbone is frozen.
 
-Choices, and the measurements behind them (``search/results/proxy_timing.json``,
-``search/results/fidelity.json``):
+Choices, and the measurements behind them (the committed ones are
+``search/results/fidelity.json`` and the ``summary`` of
+``search/results/search-bifpn_edges.json``; each holds its command, date and machine):
 
 * **Pre-trained, then frozen backbone.** No pretrained weights can be downloaded here,
   and a randomly initialised frozen backbone gives features a small feature network
   learns little from. So once per cache the whole detector (``pretrain_graph`` on the
   proxy backbone) is trained for ``pretrain_epochs`` epochs with the project's normal
   training loop (``efficientdet_graph.train.train``) on the proxy's own training split;
-  its backbone is then frozen and its features cached. The comparison with a random
-  frozen backbone (``pretrain_epochs=0``) on a BiFPN trial is written by
-  ``python -m efficientdet_graph.search.fidelity --timing`` to
-  ``search/results/proxy_timing.json`` (``backbone_choice``). Pre-training costs about
-  150 CPU-seconds once per cache (5 epochs, 512 images at 128 px, tinynet_e).
-* **Budget.** A BiFPN trial with the defaults (4 epochs x 32 steps of 32 samples, 32
-  channels, 128 px) took about 21-31 CPU-seconds on one thread (wall time on the shared,
-  loaded 2-core machine was 2-4x that); it reached mAP@0.5 0.18 after 4 epochs, rising
-  every epoch (0.07, 0.12, 0.16, 0.18). That is above the ~15 s target; shorter
-  schedules were not measured for ranking quality, so ``epochs`` (and ``train_images``)
-  are the knobs to turn first where trials must be cheaper.
+  its backbone is then frozen and its features cached. Building that cache (5 epochs,
+  512 images at 128 px, tinynet_e) took 699.5 s wall in ``fidelity.json``
+  (``cache_build_seconds``, a loaded 2-core machine). The comparison with a random
+  frozen backbone (``pretrain_epochs=0``) is what
+  ``python -m efficientdet_graph.search.fidelity --timing`` measures
+  (``backbone_choice`` in its output); no run of it is committed.
+* **Budget.** With the defaults (4 epochs x 32 steps of 32 samples, 32 channels,
+  128 px) a BiFPN trial took 70.2 s wall and FPN 18.3 s in ``fidelity.json`` (one
+  thread, loaded machine), and the 30-trial ``make search`` study's median trial took
+  26.8 s (``proxy_seconds_median``). BiFPN's mAP@0.5 rose every epoch (0.08, 0.12,
+  0.16, 0.17). That is above the ~15 s target; shorter schedules were not measured for
+  ranking quality, so ``epochs`` (and ``train_images``) are the knobs to turn first
+  where trials must be cheaper.
 * **What is cached.** Backbone outputs only (P3-P5 for a stride-32 backbone), for the
   training split, a horizontally flipped copy of it (free augmentation: an epoch sees
   both), and the validation split. Levels above the backbone's top (P6, P7, P8) come
@@ -31,7 +34,7 @@ Choices, and the measurements behind them (``search/results/proxy_timing.json``,
   is learned there when widths differ), exactly as in the full detector.
 * **The score** is COCO mAP@0.5 on the validation split (pycocotools, via
   ``coco_eval``): at proxy budgets mAP@[.5:.95] is small (0.07 against mAP@0.5 0.18
-  in the trial above), so mAP@0.5 carries more of the signal (both are returned).
+  for FPN in ``fidelity.json``), so mAP@0.5 carries more of the signal (both are returned).
 * **Deterministic.** Weights come from ``torch.manual_seed(seed)`` and the sample order
   from ``seeded_order(n, seed, epoch)``: the same graph and seed give the same result
   on one machine and thread count (CPU).
