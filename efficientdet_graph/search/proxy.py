@@ -77,7 +77,7 @@ from ..train import (CocoDetection, LossConfig, TrainConfig, coco_eval, make_syn
                      train)
 from ..train.data import num_categories, seeded_order
 
-__all__ = ["ProxyConfig", "ProxyResult", "ProxyTask", "ProxyModel", "CACHE_FORMAT"]
+__all__ = ["ProxyConfig", "ProxyResult", "ProxyTask", "ProxyModel", "CACHE_FORMAT", "loader_workers"]
 
 CACHE_FORMAT = 1  # bump when the cache's content changes meaning
 
@@ -133,6 +133,12 @@ class ProxyConfig:
     #: detections kept per image (synthetic images hold at most 4 objects; 20 instead of
     #: COCO's 100 keeps the per-epoch evaluation cheap).
     max_detections: int = 20
+    #: DataLoader worker processes of the backbone pre-training; None: sized by the cores
+    #: left (``loader_workers``). Batches are the same with any count, so no result
+    #: depends on it (``RESULT_NEUTRAL``).
+    loader_workers: int | None = None
+
+    RESULT_NEUTRAL = ("loader_workers",)
 
     DATA_FIELDS = ("data", "backbone", "image_size", "train_images", "val_images", "classes", "data_seed",
                    "pretrain_epochs", "pretrain_graph", "pretrain_channels", "pretrained_backbone", "flip")
@@ -141,8 +147,8 @@ class ProxyConfig:
         for name in ("image_size", "channels", "batch_size", "train_images", "val_images", "classes"):
             if getattr(self, name) < 1:
                 raise EdgError(f"ProxyConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("epochs", "head_repeat", "pretrain_epochs"):
-            if getattr(self, name) < 0:
+        for name in ("epochs", "head_repeat", "pretrain_epochs", "loader_workers"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise EdgError(f"ProxyConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
             raise EdgError(f"ProxyConfig.lr must be > 0, got {self.lr}")
@@ -164,6 +170,15 @@ class ProxyResult:
     epochs: int
     seconds: float
     history: tuple[float, ...]
+
+
+def loader_workers(search_workers: int = 1, cores: int | None = None) -> int:
+    """DataLoader workers per search worker from the cores left over by the search
+    workers themselves: ``search_workers * loader_workers <= cores``, and at most 2
+    (the training default). On 2 cores: 1 search worker gets 1, 2 search workers get 0."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(2, (cores - search_workers) // max(1, search_workers)))
 
 
 class ProxyModel(nn.Module):
@@ -206,9 +221,11 @@ class ProxyTask:
     """Prepares data, the frozen backbone and its cached features once per ``cache_dir``
     and config fingerprint; ``evaluate(graph)`` then trains and scores one architecture."""
 
-    def __init__(self, config: ProxyConfig, cache_dir: str | os.PathLike):
+    def __init__(self, config: ProxyConfig, cache_dir: str | os.PathLike, search_workers: int = 1):
         self.config = config
         self.cache_dir = Path(cache_dir)
+        self.loader_workers = (config.loader_workers if config.loader_workers is not None
+                               else loader_workers(search_workers))
         fp = config.fingerprint()
         self.cache_path = self.cache_dir / f"proxy-{fp}.pt"
         self.builds_path = self.cache_dir / f"proxy-{fp}.builds.json"
@@ -293,9 +310,13 @@ class ProxyTask:
         out = work / "pretrain"
         batch = min(16, cfg.train_images)
         with torch.random.fork_rng(devices=[]):
-            train(TrainConfig(model=str(spec), data=str(root), out=str(out), epochs=cfg.pretrain_epochs,
-                              batch_size=batch, device="cpu", seed=cfg.data_seed, eval_every=10**9,
-                              quiet=True, ema_decay=0.99))
+            done = train(TrainConfig(model=str(spec), data=str(root), out=str(out), epochs=cfg.pretrain_epochs,
+                                     batch_size=batch, device="cpu", seed=cfg.data_seed, eval_every=10**9,
+                                     quiet=True, ema_decay=0.99, workers=self.loader_workers))
+        if "interrupted" in done:
+            # train() takes SIGTERM/SIGINT as "save and stop": a cut-short pre-training must
+            # not become the cache every later trial reads, and the worker must stop
+            raise KeyboardInterrupt(f"{done['interrupted']} while pre-training the proxy backbone")
         detector = load_model(out / "last.pt")
         backbone.load_state_dict(detector.backbone.state_dict())
         return backbone
