@@ -14,12 +14,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+from efficientdet_graph._io import locked
 from efficientdet_graph.search.storage import _alive, retry_of
 from efficientdet_graph.search.study import slots, trial_status
 from test_search_storage import (_await_trial, _check_study, _command, _env, _journal, _run, _run_dir,  # noqa: F401
@@ -266,3 +268,28 @@ def test_a_worker_stopped_while_pre_training_the_proxy_backbone_leaves_no_cache(
             _stop_tree(proc)
     assert proc.returncode == 130, output
     assert not list((out / "proxy-cache").glob("proxy-*.pt")), output
+
+
+def test_seed_points_are_enqueued_under_the_study_lock(proxy_cache, tmp_path):
+    """Commands started together must enqueue the space's points once: a worker enqueues
+    them only while it holds the study lock (held here by the test, as another worker
+    that is enqueueing them would), and finds them enqueued after it."""
+    out = _run_dir(proxy_cache, tmp_path / "run")
+    cmd = [a for a in _command(out, trials=1, epochs=1) if a != "--no-seed-points"]
+    with locked(out / ".study.lock"):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+        deadline = time.monotonic() + 120
+        created = False
+        while not created and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+            try:
+                study = optuna.load_study(study_name="bifpn_edges", storage=_journal(out))
+                created = "edg_fingerprint" in study.user_attrs
+            except KeyError:
+                continue
+        assert created, proc.communicate()[0] if proc.poll() is not None else "no study"
+        time.sleep(2)  # unlocked, the points were enqueued within milliseconds of the study
+        assert _trials(_journal(out)) == []
+    _end(proc, timeout=120)
+    points = Counter(t.user_attrs.get("edg_point") for t in _trials(_journal(out)))
+    assert points == {"fpn": 1, "panet": 1, "bifpn": 1}
