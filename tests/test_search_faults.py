@@ -144,6 +144,31 @@ def test_another_users_process_with_another_start_time_is_dead():
         assert f.read() == "dead"
 
 
+def test_a_worker_stopped_by_sigterm_leaves_its_trial_to_run_again_as_the_same_attempt(proxy_cache, tmp_path):
+    """SIGTERM (a scheduler stopping the job) is not the network's fault: the trial is
+    recorded ``interrupted``, and its re-run does not count toward ``MAX_ATTEMPTS``."""
+    out = _run_dir(proxy_cache, tmp_path / "run")
+    cmd = _command(out, trials=1, epochs=25)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    try:
+        running = _await_trial(proc, lambda: _trials(_journal(out)) if (out / "study.journal").is_file() else [],
+                               _training, timeout=120)
+        assert running is not None, "no trial was seen training"
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            _stop_tree(proc)
+    assert proc.returncode == 130 and "Traceback" not in output, output
+    assert trial_status(_trials(_journal(out))[running.number]) == "interrupted"
+
+    _run(cmd)
+    trials = _trials(_journal(out))
+    retry = [t for t in trials if retry_of(t) == running.number]
+    assert len(retry) == 1 and trial_status(retry[0]) == "done" and retry[0].user_attrs["edg_attempt"] == 1
+    _check_study(trials, 1)
+
+
 # ---------------------------------------------------------------------------- inside a trial
 
 

@@ -25,7 +25,7 @@ import torch
 from optuna.trial import TrialState
 
 from efficientdet_graph.search.storage import retry_of
-from efficientdet_graph.search.study import NO_SLOT, slots, trial_status
+from efficientdet_graph.search.study import LOST, NO_SLOT, slots, trial_status
 
 ROOT = Path(__file__).resolve().parents[1]
 EDG = Path(sys.executable).parent / "edg"
@@ -95,7 +95,7 @@ def _check_study(trials: list, budget: int) -> None:
     for t in trials:
         if t.number not in final:
             st = trial_status(t)
-            assert st in NO_SLOT or (st == "stale" and retries[t.number] == 1), (t.number, st, t.user_attrs)
+            assert st in NO_SLOT or (st in LOST and retries[t.number] == 1), (t.number, st, t.user_attrs)
 
 
 def _training(t) -> bool:

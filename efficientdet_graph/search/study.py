@@ -17,7 +17,8 @@ Faults: a trial whose worker died (killed, out of memory; on the journal found b
 worker stamp, on PostgreSQL by the heartbeat) or whose training lost a process of its
 own (a DataLoader worker) is retried once with the same parameters; a second loss
 records it ``failed``. A candidate's own error (a shape error, a diverged loss) is
-recorded ``failed`` with its reason at once. A network is trained by one trial at a
+recorded ``failed`` with its reason at once. A trial stopped by SIGTERM or Ctrl-C is
+``interrupted`` and run again, not counted as an attempt. A network is trained by one trial at a
 time: a trial that draws a network another trial is training waits for its result.
 """
 
@@ -28,6 +29,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -59,6 +61,10 @@ FINISHED = {"done", "reused", "cached", "rejected", "over_budget", "failed", "pr
 NO_SLOT = {"surplus", "duplicate"}
 # runs of one slot's network before it is recorded failed: the first and one retry
 MAX_ATTEMPTS = 2
+# attempts that ended without a result and are run again: "stale" (its worker or a process
+# of its training died: counts as an attempt) and "interrupted" (SIGTERM, Ctrl-C: the
+# user's or the scheduler's doing, not the network's, so it does not count)
+LOST = ("stale", "interrupted")
 
 
 @dataclass(frozen=True)
@@ -313,7 +319,8 @@ def _coerce(annotation: Any, value: Any) -> Any:
 
 def trial_status(t: FrozenTrial) -> str:
     """done / reused / cached / pruned / rejected / over_budget / failed / stale (its worker
-    or a process of its training died: retried) / surplus / duplicate / running / waiting."""
+    or a process of its training died: retried) / interrupted (retried) / surplus /
+    duplicate / running / waiting."""
     if t.state == TrialState.RUNNING:
         return "running"
     if t.state == TrialState.WAITING:
@@ -323,7 +330,7 @@ def trial_status(t: FrozenTrial) -> str:
     status = t.user_attrs.get("edg_status")
     if t.state == TrialState.COMPLETE:
         return status if status in ("done", "reused", "cached", "over_budget") else "done"
-    return status if status in ("rejected", "failed", "stale", *NO_SLOT) else "stale"
+    return status if status in ("rejected", "failed", *LOST, *NO_SLOT) else "stale"
 
 
 @dataclass
@@ -464,6 +471,13 @@ def _objective(study: optuna.Study, space: SearchSpace, cfg: StudyConfig, evalua
     none = (math.nan, math.nan) if multi else math.nan
 
     def objective(trial: optuna.Trial):
+        try:
+            return attempt_trial(trial)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (run_worker): run again, not counted as an attempt
+            trial.set_user_attr("edg_status", "interrupted")
+            raise
+
+    def attempt_trial(trial: optuna.Trial):
         trial.set_user_attr("edg_worker", stamp)
         if trial.number in slots(study.get_trials(deepcopy=False), cfg.trials).surplus:
             finish(trial, "surplus")
@@ -604,7 +618,7 @@ def _claim(study: optuna.Study, cfg: StudyConfig, trial: optuna.Trial, key: str,
             now = study._storage.get_trial(training._trial_id)
             if now.state != TrialState.RUNNING:
                 break
-        if trial_status(now) == "stale":
+        if trial_status(now) in LOST:
             return now
 
 
@@ -624,8 +638,8 @@ def requeue_lost(study: optuna.Study, cfg: StudyConfig) -> list[int]:
         retried = {retry_of(t) for t in trials}
         s = slots(trials, cfg.trials)
         for t in s.latest.values():
-            if t.state == TrialState.FAIL and trial_status(t) == "stale" and t.number not in retried:
-                attempt = int(t.user_attrs.get("edg_attempt", 1)) + 1
+            if t.state == TrialState.FAIL and trial_status(t) in LOST and t.number not in retried:
+                attempt = int(t.user_attrs.get("edg_attempt", 1)) + (trial_status(t) == "stale")
                 study.enqueue_trial(dict(t.params), user_attrs={"edg_retry_of": t.number, "edg_attempt": attempt})
                 requeued.append(t.number)
     return requeued
@@ -677,8 +691,24 @@ def _dominates(a: FrozenTrial, b: FrozenTrial) -> bool:
     return am >= bm and af <= bf and (am > bm or af < bf)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run_worker(cfg: StudyConfig, log: Callable[[str], None] | None = None, poll: float = 2.0) -> dict:
-    """Take trials of the study until all its slots are finished; returns the counts."""
+    """Take trials of the study until all its slots are finished; returns the counts.
+    SIGTERM (how schedulers stop a job) is taken as Ctrl-C: the running trial is recorded
+    ``interrupted`` and run again by the study's next worker."""
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _interrupt) if main else None
+    try:
+        return _take_trials(cfg, log, poll)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _take_trials(cfg: StudyConfig, log: Callable[[str], None] | None, poll: float) -> dict:
     say = log or (lambda text: None if cfg.quiet else print(text, flush=True))
     study, space = open_study(cfg)
     evaluator = Evaluator(space, cfg)
@@ -780,9 +810,14 @@ class _Workers:
                     self.say(f"worker {p.pid} was killed (signal {-p.exitcode}): its trial is retried")
                     self.procs[i] = _Reaped(p.pid)
 
-    def join(self) -> None:
+    def join(self, stop: bool = False) -> None:
+        """Wait for the workers (they end with the study), or ``stop`` them first (SIGTERM:
+        each records its trial ``interrupted``)."""
         self._stop.set()
         self._thread.join()
+        for p in self.procs:
+            if stop and p.is_alive():
+                p.terminate()
         for p in self.procs:
             p.join()
 
@@ -808,9 +843,11 @@ def run(cfg: StudyConfig, workers: int = 1, log: Callable[[str], None] | None = 
     open_study(cfg)  # create it (and enqueue the seeds) once, before the workers race
     say = log or (lambda text: None if cfg.quiet else print(text, flush=True))
     extra = _Workers(cfg, workers - 1, say) if workers > 1 else None
+    stopped = True
     try:
         result = run_worker(cfg, log)
+        stopped = False
     finally:
         if extra is not None:
-            extra.join()
+            extra.join(stop=stopped)  # an error or an interrupt here stops the other workers too
     return result
