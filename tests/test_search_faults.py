@@ -94,7 +94,10 @@ def test_killed_child_of_two_workers_on_the_journal_is_retried_once_and_the_run_
                             stderr=subprocess.STDOUT, text=True, env=_env())
     killed = _kill_child_mid_trial(proc, lambda: _trials(_journal(out)) if (out / "study.journal").is_file() else [])
     _end(proc, timeout=150)  # before: the zombie child looked alive and the parent waited forever
-    _check_killed_once(_trials(_journal(out)), killed, 3)
+    trials = _trials(_journal(out))
+    _check_killed_once(trials, killed, 3)
+    pids = {t.user_attrs["edg_worker"].split(":")[1] for t in trials}
+    assert len(pids) >= 2, f"one journal, two worker processes: trials by pid {pids}"
 
 
 def test_killed_child_of_two_workers_on_postgresql_is_retried_once_and_the_run_ends(proxy_cache, tmp_path,
@@ -254,7 +257,7 @@ def test_two_workers_given_the_same_network_train_it_once(proxy_cache, tmp_path)
     """Two commands with one seed draw the same network first; the second starts while
     the first trains it, waits for it and takes its result."""
     out = _run_dir(proxy_cache, tmp_path / "run")
-    cmd = _command(out, trials=2, epochs=100)  # a long first trial (same --seed 1 for both)
+    cmd = _command(out, trials=2, epochs=60)  # a long first trial (same --seed 1 for both)
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
     second = None
     try:
@@ -274,6 +277,7 @@ def test_two_workers_given_the_same_network_train_it_once(proxy_cache, tmp_path)
     assert a.user_attrs["edg_key"] == b.user_attrs["edg_key"]  # one network drawn twice
     assert a.user_attrs["edg_worker"] != b.user_attrs["edg_worker"]
     assert trial_status(a) == "done" and trial_status(b) == "reused" and b.user_attrs["edg_reused_from"] == 0
+    assert b.datetime_start < a.datetime_complete  # it drew the network while the first trained it
 
 
 def test_a_worker_stopped_while_pre_training_the_proxy_backbone_leaves_no_cache(tmp_path):

@@ -1,6 +1,7 @@
 """Search studies across processes: a worker killed mid-trial (SIGKILL) and restarted,
-two workers on one journal file, two workers on a real PostgreSQL server this module
-starts itself (``initdb``/``pg_ctl`` on a temporary directory, a free loopback port).
+two workers on a real PostgreSQL server this module starts itself (``initdb``/``pg_ctl``
+on a temporary directory, a free loopback port). Two workers on one journal file, and
+more faults: ``test_search_faults.py``.
 
 Workers are the installed ``edg`` console script run as subprocesses, on the cheap proxy
 of ``test_search.py`` (its feature cache built once here and copied into each run folder).
@@ -154,17 +155,6 @@ def test_killed_worker_trial_is_requeued_and_the_study_finishes(proxy_cache, tmp
     assert retry.params == dead.params
     assert retry.user_attrs["edg_worker"] != dead.user_attrs["edg_worker"]
     _check_study(trials, 2)
-
-
-def test_two_workers_share_one_journal_file(proxy_cache, tmp_path):
-    out = _run_dir(proxy_cache, tmp_path / "run")
-    _run(_command(out, trials=6, epochs=6, extra=("--workers", "2")))
-    trials = _trials(_journal(out))
-    _check_study(trials, 6)
-    workers = Counter(t.user_attrs["edg_worker"] for t in trials)
-    assert len(workers) == 2, f"trials by worker: {dict(workers)}"
-    pids = {w.split(":")[1] for w in workers}
-    assert len(pids) == 2
 
 
 # ---------------------------------------------------------------------------- PostgreSQL
