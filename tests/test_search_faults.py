@@ -24,8 +24,8 @@ from optuna.trial import TrialState
 from efficientdet_graph._io import locked
 from efficientdet_graph.search.storage import _alive, retry_of
 from efficientdet_graph.search.study import slots, trial_status
-from test_search_storage import (_await_trial, _check_study, _command, _env, _journal, _run, _run_dir,  # noqa: F401
-                                 _training, _trials, postgres, proxy_cache)
+from test_search_storage import (_await_trial, _check_study, _command, _env, _journal, _kill_mid_trial,  # noqa: F401
+                                 _run, _run_dir, _training, _trials, postgres, proxy_cache)
 
 
 def _end(proc: subprocess.Popen, timeout: float) -> str:
@@ -111,6 +111,23 @@ def test_killed_child_of_two_workers_on_postgresql_is_retried_once_and_the_run_e
     killed = _kill_child_mid_trial(proc, lambda: _trials(storage, "child"))
     _end(proc, timeout=150)
     _check_killed_once(_trials(storage, "child"), killed, 3)
+
+
+def test_a_network_whose_worker_is_killed_twice_is_recorded_failed_not_run_a_third_time(proxy_cache, tmp_path):
+    out = _run_dir(proxy_cache, tmp_path / "run")
+    cmd = _command(out, trials=1, epochs=25)
+
+    def journal():
+        return _trials(_journal(out)) if (out / "study.journal").is_file() else []
+
+    first = _kill_mid_trial(cmd, journal)
+    second = _kill_mid_trial(cmd, lambda: [t for t in journal() if t.number != first])  # the retry, killed too
+    _run(cmd)
+    trials = _trials(_journal(out))
+    assert [retry_of(t) for t in trials] == [None, first, second], [(t.number, trial_status(t)) for t in trials]
+    assert [trial_status(t) for t in trials] == ["stale", "stale", "failed"]
+    assert "not run again" in trials[2].user_attrs["edg_reason"] and "edg_metric" not in trials[2].user_attrs
+    assert slots(trials, 1).finished == 1
 
 
 def test_a_zombie_worker_is_dead_to_the_liveness_check():
