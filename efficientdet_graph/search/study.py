@@ -729,10 +729,10 @@ def _take_trials(cfg: StudyConfig, log: Callable[[str], None] | None, poll: floa
             # dead worker's trial to be requeued by requeue_lost above)
             time.sleep(poll)
             continue
-        before = {t.number for t in trials}
+        before = {t.number for t in trials if t.state.is_finished()}  # a requeued trial existed, waiting
         study.optimize(objective, n_trials=1, gc_after_trial=False, show_progress_bar=False)
         ran += 1
-        mine = [t for t in study.get_trials(deepcopy=False) if t.number not in before
+        mine = [t for t in study.get_trials(deepcopy=False) if t.number not in before and t.state.is_finished()
                 and t.user_attrs.get("edg_worker") == worker_stamp()]
         say(_line(study, cfg, mine[-1] if mine else None, started))
     return summary(study, cfg) | {"trials_this_worker": ran}
