@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test install install-test clean proof ablation bench bench-train search search-benchmark
+.PHONY: demo test install install-test clean proof ablation bench bench-train search search-benchmark noise-floor reference
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,3 +66,16 @@ search-benchmark: install
 	$(BIN)/edg search benchmark bifpn_edges --samplers random tpe evolution --seeds 0 1 2 --trials 15 --population 5 \
 		--proxy epochs=1 --out runs/search-benchmark --proxy-cache runs/proxy-cache \
 		--results search/results/samplers-bifpn_edges.json
+
+# Ground truth for search (docs/reference-table.md): the multiscale task, networks trained
+# end-to-end with the reference schedule, one core per job, resumable job by job (run the
+# same target again after a stop; several machines can share one --storage postgresql://...).
+# noise-floor: the no-fusion neck, FPN, PANet and BiFPN, 5 seeds each; exit 1 if the gate fails.
+noise-floor: install
+	$(BIN)/edg search reference --floor-only --out reference/multiscale --workers 2 \
+		--results search/results/noise-floor-multiscale.json
+
+# reference: the floor plus NAS-FPN, GFPN and bifpn_edges' points and 14 sampled networks, 2 seeds each.
+reference: noise-floor
+	$(BIN)/edg search reference bifpn_edges --out reference/multiscale --workers 2 \
+		--results search/results/reference-multiscale.json

@@ -12,7 +12,7 @@ BUILTINS = builtin_names("graphs")
 
 
 def test_all_documented_builtins_are_shipped():
-    assert {"fpn", "panet", "bifpn", "nasfpn", "fully_connected", "qufpn"} <= set(BUILTINS)
+    assert {"fpn", "panet", "bifpn", "nasfpn", "fully_connected", "qufpn", "gfpn", "nofusion"} <= set(BUILTINS)
     assert (builtin_dir("graphs") / "bifpn.yaml").is_file()
 
 
@@ -47,7 +47,8 @@ def test_builtin_is_a_complete_pyramid(name):
 
 # Node and edge counts stated in the EfficientDet paper, Fig. 2 and §3.2 (docs/reference.md) (and our documented choices for the
 # graphs whose edges are not published).
-COUNTS = {"fpn": (5, 9), "panet": (10, 18), "bifpn": (8, 19), "qufpn": (21, 48), "fully_connected": (10, 58)}
+COUNTS = {"fpn": (5, 9), "panet": (10, 18), "bifpn": (8, 19), "qufpn": (21, 48), "fully_connected": (10, 58),
+          "gfpn": (25, 115), "nofusion": (5, 5)}  # GFPN: docs/reference.md, "GFPN"; nofusion: one edge per level
 
 
 @pytest.mark.parametrize("name,counts", sorted(COUNTS.items()))

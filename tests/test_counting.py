@@ -178,6 +178,21 @@ def test_model_cost_at_an_odd_non_square_size():
     assert model_cost("micro", (97, 130)).flops == total
 
 
+@pytest.mark.parametrize("name,size", [("micro", None), ("micro", 100), ("tiny-bifpn", None)])
+def test_feature_inputs_count_the_feature_network_at_other_depths_and_widths(name, size):
+    """What a FLOPs-matched ablation counts: the feature network at another repeat and
+    width, from feature_inputs, equals fvcore on the detector built at that scale."""
+    f = analytic.feature_inputs(name, size)
+    assert graph_cost(f.graph, f.channels, f.in_channels, f.image_size).flops == model_cost(name, size).components["fpn"]["flops"]
+    repeat, width = f.graph.graph["repeat"] + 1, f.channels + 8
+    g = f.graph.copy()
+    g.graph = {**f.graph.graph, "repeat": repeat}
+    m = create_model(name, fpn_repeat=repeat, fpn_channels=width).eval()
+    hw = f.image_size
+    _, by_module = fvcore_flops(m, (torch.zeros(1, 3, *hw),))
+    assert graph_cost(g, width, f.in_channels, hw).flops == by_module["fpn"]
+
+
 def test_model_cost_of_a_spec_object_and_its_errors(write):
     spec = load_model_spec("micro")[0].model_copy(update={"fpn_channels": 24, "head_repeat": 0, "fusion": "concat"})
     from efficientdet_graph.model import build_model

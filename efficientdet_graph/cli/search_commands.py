@@ -123,6 +123,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--results", default=None, help="write the comparison (JSON) here; a .png beside it")
     q.set_defaults(handler=cmd_benchmark)
 
+    from .reference_commands import register_search
+
+    register_search(s)
+
 
 def _study_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--out", default="runs/search", help="run folder (journal storage, proxy cache, outputs)")

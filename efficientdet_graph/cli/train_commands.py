@@ -15,13 +15,17 @@ __all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="make the built-in synthetic data set (COCO format)")
+    p = sub.add_parser("data", help="make a built-in synthetic data set (COCO format)")
     p.add_argument("kind", choices=("synthetic",))
+    p.add_argument("--task", choices=("shapes", "multiscale"), default="shapes",
+                   help="shapes: 1-4 large shapes (the tour's set); multiscale: the set where the neck decides "
+                        "(docs/tasks.md): sizes over 4 octaves, context classes, clutter; train/val/test")
     p.add_argument("--out", required=True)
-    p.add_argument("--train", type=bounded(int, 1, 1_000_000), default=512)
-    p.add_argument("--val", type=bounded(int, 0, 1_000_000), default=128)
-    p.add_argument("--size", type=bounded(int, 16, 8192), default=128)
-    p.add_argument("--classes", type=bounded(int, 1, 10_000), default=3)
+    p.add_argument("--train", type=bounded(int, 1, 1_000_000), default=None, help="default: 512 (multiscale 2048)")
+    p.add_argument("--val", type=bounded(int, 0, 1_000_000), default=None, help="default: 128 (multiscale 256)")
+    p.add_argument("--test", type=bounded(int, 0, 1_000_000), default=256, help="test images (multiscale only)")
+    p.add_argument("--size", type=bounded(int, 16, 8192), default=None, help="image side (default 128; multiscale 192)")
+    p.add_argument("--classes", type=bounded(int, 1, 10_000), default=3, help="classes (shapes only; multiscale has 8)")
     p.add_argument("--seed", type=bounded(int, 0, 2**31 - 1), default=0)
     p.set_defaults(handler=cmd_data)
 
@@ -51,9 +55,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--score", type=bounded(float, 0, 1), default=0.3)
     p.set_defaults(handler=cmd_predict)
 
-    p = sub.add_parser("ablation", help="train several graphs at equal scale and compare them")
+    p = sub.add_parser("ablation", help="train several graphs in one detector, with seeds, at equal width or cost, "
+                                        "and compare them")
     p.add_argument("--graphs", nargs="+", default=["fpn", "panet", "nasfpn", "bifpn"])
     p.add_argument("--model", default="tiny-bifpn", help="the spec every graph is put into")
+    p.add_argument("--seeds", nargs="+", type=bounded(int, 0, 2**31 - 1), default=None, metavar="S",
+                   help="train every graph once per seed, in OUT/GRAPH/seed-S; the table gives each graph's "
+                        "mean, sample SD and range (default: --seed alone, in OUT/GRAPH; --seed still seeds "
+                        "the synthetic data)")
+    p.add_argument("--match", choices=("none", "flops", "width"), default="none",
+                   help="none: every graph at the spec's width and depth; flops: each graph's feature-network "
+                        "FLOPs matched to the first graph's by changing its repeat first (the paper's "
+                        "ablation), then its width; width: width first")
+    p.add_argument("--tolerance", type=bounded(float, 0, 1, lo_open=True), default=0.10,
+                   help="--match: largest relative FLOPs difference to the first graph (a graph outside it "
+                        "is an error, before anything trains)")
+    p.add_argument("--gate", action="store_true",
+                   help="the noise-floor gate (edg search reference's): the first graph (the no-fusion floor) "
+                        "is worst by more than 3 pooled seed SDs and the others' means spread over more than "
+                        "2; exit 1 when it fails (needs 2+ seeds, 3+ graphs)")
     _train_args(p, default_out="runs/ablation")
     p.set_defaults(graph=None)
     p.set_defaults(handler=cmd_ablation)
@@ -78,6 +98,8 @@ def _train_args(p: argparse.ArgumentParser, default_out: str = "runs/train") -> 
     p.add_argument("--image-size", type=bounded(int, 32, 8192), default=None)
     p.add_argument("--graph", default=None, help="replace the spec's graph")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--init", default=None, metavar="CKPT",
+                   help="start from the backbone weights of CKPT (an edg train last.pt with the same backbone)")
     p.add_argument("--freeze-bn", action="store_true")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (torchrun)")
     p.add_argument("--eval-every", type=bounded(int, 1, 100_000), default=1)
@@ -101,7 +123,7 @@ def _train_args(p: argparse.ArgumentParser, default_out: str = "runs/train") -> 
                         "the curves picture beside it)")
     p.add_argument("--require", action="append", default=[], metavar="METRIC>=VALUE",
                    help="exit 1 unless the final metric meets this (repeatable; e.g. map50>=0.5); "
-                        "in an ablation every graph must meet it")
+                        "in an ablation every graph's mean over its seeds must meet it")
 
 
 def _config(args: argparse.Namespace, **override):
@@ -114,7 +136,7 @@ def _config(args: argparse.Namespace, **override):
         eval_every=args.eval_every, max_steps=args.max_steps, save_every=args.save_every, synthetic_train=args.synthetic_train,
         synthetic_val=args.synthetic_val, quiet=args.quiet, log_every=args.log_every, amp=args.amp,
         class_names=tuple(args.class_names) if args.class_names else None,
-        train_data=args.train_data, val_data=args.val_data,
+        train_data=args.train_data, val_data=args.val_data, init=args.init,
     )
     if args.workers is not None:
         fields["workers"] = args.workers
@@ -137,10 +159,20 @@ def run_config(args: argparse.Namespace):
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    if args.task == "multiscale":
+        from ..train.multiscale import MultiscaleConfig, make_multiscale
+
+        n_train, n_val = args.train or 2048, 256 if args.val is None else args.val
+        cfg = MultiscaleConfig(image_size=args.size or 192)
+        out = make_multiscale(args.out, n_train, n_val, args.test, args.seed, cfg)
+        print(f"wrote {out}/train ({n_train} images), {out}/val ({n_val}, the search-val split) and "
+              f"{out}/test ({args.test}, for final claims only), COCO format")
+        return 0
     from ..train import make_synthetic
 
-    out = make_synthetic(args.out, args.train, args.val, args.size, args.classes, args.seed)
-    print(f"wrote {out}/train ({args.train} images) and {out}/val ({args.val} images), COCO format")
+    n_train, n_val = args.train or 512, 128 if args.val is None else args.val
+    out = make_synthetic(args.out, n_train, n_val, args.size or 128, args.classes, args.seed)
+    print(f"wrote {out}/train ({n_train} images) and {out}/val ({n_val} images), COCO format")
     return 0
 
 
@@ -238,12 +270,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_ablation(args: argparse.Namespace) -> int:
-    from ..model import load_model
-    from ..profile import profile_model
-    from ..train import train
+    from dataclasses import asdict
+
     from .._io import atomic_write_text
+    from ..train import ablation as ab
+    from ..train.loop import _device
 
     requirements = _requirements(args)
+    per_seed = args.seeds is not None
+    seeds = list(args.seeds) if per_seed else [args.seed]
+    for what, items in (("--graphs", args.graphs), ("--seeds", seeds)):
+        twice = sorted({str(x) for x in items if items.count(x) > 1})
+        if twice:
+            raise ConfigError(f"{what} names {', '.join(twice)} more than once (each run needs its own folder)")
+    if args.gate and len(seeds) < 2:
+        raise ConfigError("--gate needs at least 2 seeds (give --seeds) to measure the seed noise")
+    if args.gate and len(args.graphs) < 3:
+        raise ConfigError("--gate needs at least 3 graphs: the no-fusion floor first, then the networks whose "
+                          "spread it checks")
+    # every graph's scale is counted before anything trains: a graph that cannot be matched
+    # is reported now, not found after hours at a wrong cost
+    scales = ab.plan_scales(args.model, args.graphs, args.match, args.tolerance, args.image_size)
+    missed = [s for s in scales if not s.within]
+    if missed:
+        first = scales[0]
+        raise ConfigError(
+            f"--match {args.match}: cannot bring the feature-network FLOPs of {', '.join(s.graph for s in missed)} "
+            f"within ±{100 * args.tolerance:g}% of {first.graph}'s ({first.fpn_flops:,}) at any repeat up to "
+            "twice the spec's (8 at least) and width up to 4x the spec's; at the spec's scale: "
+            + "; ".join(f"{s.graph} repeat {s.repeat}, width {s.channels}: {s.fpn_flops:,} ({s.diff_pct:+.1f}%)"
+                        for s in missed)
+            + ". Give a larger --tolerance, the other --match, or leave these graphs out")
     out = Path(args.out)
     data = args.data
     if data == "synthetic" and not args.train_data:
@@ -252,38 +309,66 @@ def cmd_ablation(args: argparse.Namespace) -> int:
         data = str(out / "data")
         if not (Path(data) / "val" / "annotations.json").exists():
             make_synthetic(data, args.synthetic_train, args.synthetic_val, args.image_size or 128, 3, args.seed)
-    rows = []
-    for graph in args.graphs:
-        print(f"== {graph}")
-        summary = train(_config(args, data=data, out=str(out / graph), graph=graph))
-        prof = profile_model(load_model(out / graph / "last.pt"))
-        from ..train.progress import MetricsLog
+    with_test = ab.has_test_split(data)
+    device = str(_device(args.device))
+    if args.match != "none":
+        for s in scales:
+            print(f"{s.graph}: repeat {s.repeat}, width {s.channels}: feature-net FLOPs {s.fpn_flops:,} "
+                  f"({s.diff_pct:+.1f}% vs {scales[0].graph})")
+    runs, profiles = [], {}
+    for scale in scales:
+        sized = {"fpn_repeat": scale.repeat, "fpn_channels": scale.channels} if args.match != "none" else {}
+        for seed in seeds:
+            run = ab.run_dir(out, scale.graph, seed, per_seed)
+            cfg = _config(args, data=data, out=str(run), graph=scale.graph, seed=seed, **sized)
+            result = ab.run_one(cfg, scale, with_test, device)
+            if "interrupted" in result:
+                print(f"stopped by {result['interrupted']} in {run}; continue the ablation with --resume",
+                      file=sys.stderr)
+                return 128 + int(getattr(signal, result["interrupted"]))
+            runs.append(result)
+            if scale.graph not in profiles:  # every seed trains the same network
+                profiles[scale.graph] = ab.profile_run(run)
+    rows = ab.graph_rows(scales, runs, profiles, args.match, with_test)
+    scale_note = {"none": "at the spec's width and depth",
+                  "flops": f"at matched feature-network FLOPs (±{100 * args.tolerance:g}%, repeat changed first)",
+                  "width": f"at matched feature-network FLOPs (±{100 * args.tolerance:g}%, width changed first)"}
+    title = (f"Ablation: graphs in `{args.model}` {scale_note[args.match]}, {args.epochs} epochs, "
+             f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}; mAP on the validation split"
+             + (" (test: the data's test split, the final EMA checkpoint)" if with_test else "")
+             + "; SD = sample SD over seeds; FLOPs = multiply-adds (fvcore convention), Δ against the first graph.")
+    table = ab.table_markdown(rows, title)
+    noise = ab.seed_noise(rows) if len(seeds) > 1 else None
+    gate = None
+    if noise is not None:
+        table += f"\nPooled seed SD of val mAP@0.5: {noise:.4f}.\n"
+    if args.gate:
+        from ..search.reference import gate as noise_gate
 
-        speeds = [r["img_per_s"] for r in MetricsLog(out / graph / "metrics.jsonl").read() if r.get("type") == "epoch"]
-        rows.append({"graph": graph, "params": prof.params, "fpn_params": prof.components["fpn"]["params"],
-                     "flops": prof.flops, "fpn_flops": prof.components["fpn"]["flops"],
-                     "map": summary.get("map", 0.0), "map50": summary.get("map50", 0.0),
-                     "train_img_per_s": sorted(speeds)[len(speeds) // 2] if speeds else 0.0})
-    lines = [f"Ablation: graphs in `{args.model}` at equal scale, {args.epochs} epochs, seed {args.seed}; "
-             "FLOPs = multiply-adds (fvcore convention).", "",
-             "| graph | params | feature-net params | FLOPs | feature-net FLOPs | mAP | mAP@0.5 | train img/s (median) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['graph']} | {r['params']:,} | {r['fpn_params']:,} | {r['flops']:,} | {r['fpn_flops']:,} "
-                     f"| {r['map']:.3f} | {r['map50']:.3f} | {r['train_img_per_s']:.1f} |")
-    table = "\n".join(lines) + "\n"
+        gate = noise_gate([{"network": r["graph"], "val": r["val"]["map50"]} for r in rows], floor=tuple(args.graphs),
+                          min_seeds=len(seeds))
+        verdict = "passed" if gate["passed"] else "FAILED"
+        table += (f"\nNoise-floor gate {verdict}: {args.graphs[0]} worst by {gate.get('margin_in_sd') or 0:.2f} pooled "
+                  f"SDs (needs > {gate['worst_by_sd']:g}); the others spread over {gate.get('spread_in_sd') or 0:.2f} "
+                  f"(needs > {gate['spread_by_sd']:g}).\n" if gate["passed"] is not None
+                  else f"\nNoise-floor gate not decided: {gate['reason']}.\n")
     atomic_write_text(out / "table.md", table)
     atomic_write_text(out / "table.json", json.dumps(rows, indent=2))
     print(table)
     print(f"wrote {out / 'table.md'} and {out / 'table.json'}")
     checked = [{"graph": r["graph"], **q.check(r)} for r in rows for q in requirements]
     if args.results:
-        from dataclasses import asdict
-
         from ..train import write_results
 
-        config = {**asdict(_config(args, data=data)), "graphs": args.graphs}
+        config = {**asdict(_config(args, data=data)), "graphs": args.graphs, "seeds": seeds, "match": args.match,
+                  "tolerance": args.tolerance}
         path = write_results(args.results, command=["edg", *args.argv], config=config, rows=rows,
-                             requirements=checked)
+                             requirements=checked,
+                             metrics={"pooled_seed_sd_map50": noise, **({"gate": gate} if gate else {})})
         print(f"results: {path}")
-    return _report(checked)
+    code = _report(checked)
+    if gate is not None and not gate["passed"]:
+        print("noise-floor gate: FAILED" if gate["passed"] is False else f"noise-floor gate: {gate['reason']}",
+              file=sys.stderr)
+        return 1
+    return code

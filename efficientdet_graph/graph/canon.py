@@ -16,6 +16,14 @@ from .unroll import unroll
 __all__ = ["canonical_hash", "same_structure", "describe_difference"]
 
 
+def _option(g: nx.DiGraph, v: str, key: str) -> str:
+    """A node's option as it acts: a node with one input fuses nothing (the compiler skips
+    its fusion), so its fusion setting is no part of what the network computes."""
+    if key == "fusion" and g.in_degree(v) == 1:
+        return "-"
+    return node_option(g, v, key)
+
+
 def _labelled(g: nx.DiGraph, ops: bool) -> nx.DiGraph:
     """Unrolled copy whose nodes and edges carry one string label each, names left out.
 
@@ -29,13 +37,13 @@ def _labelled(g: nx.DiGraph, ops: bool) -> nx.DiGraph:
         if is_input(u, v):
             label = f"in|{data['level']}|out={out_of.get(v, '-')}"
         else:
-            opts = "|".join(node_option(u, v, k) for k in ("fusion", "op", "act")) if ops else ""
+            opts = "|".join(_option(u, v, k) for k in ("fusion", "op", "act")) if ops else ""
             label = f"node|{data['level']}|{opts}|out={out_of.get(v, '-')}"
         lab.add_node(v, label=label)
     for s, d in u.edges:
         label = ""
         if ops:
-            ordered = node_option(u, d, "fusion") in ORDERED_FUSIONS
+            ordered = _option(u, d, "fusion") in ORDERED_FUSIONS
             resample = "|".join(edge_option(u, s, d, k) for k in ("downsample", "upsample"))
             label = f"{resample}|{u.edges[s, d]['index'] if ordered else '*'}"
         lab.add_edge(s, d, label=label)
@@ -73,7 +81,7 @@ def _signature(g: nx.DiGraph, v: str, ops: bool) -> str:
         f"{'in' if is_input(g, s) else 'node'}@P{g.nodes[s]['level']}"
         for s in sorted(inputs_of(g, v), key=lambda s: (g.nodes[s]["level"], is_input(g, s)))
     )
-    opts = " " + "/".join(node_option(g, v, k) for k in ("fusion", "op", "act")) if ops else ""
+    opts = " " + "/".join(_option(g, v, k) for k in ("fusion", "op", "act")) if ops else ""
     return f"P{d['level']}{opts} <- [{srcs}]"
 
 

@@ -11,7 +11,8 @@ from typing import Callable
 from ..errors import PassError, RegistryError
 from ..spec import Defaults, GraphSpec, InputRef, NodeSpec, input_name
 
-__all__ = ["GENERATORS", "generate", "fpn", "panet", "bifpn", "qufpn", "nasfpn", "fully_connected"]
+__all__ = ["GENERATORS", "generate", "fpn", "panet", "bifpn", "qufpn", "nasfpn", "fully_connected", "gfpn",
+           "log2n_sources"]
 
 # The paper's ablation compares feature networks with the same ops ("separable
 # convs everywhere"); only the weighting differs, so FPN and PANet use `sum`.
@@ -145,6 +146,58 @@ def fully_connected(lo: int = 3, hi: int = 7) -> GraphSpec:
                  "Fully-connected FPN: PANet's two columns, each node fed by every node of the column before.")
 
 
+# GiraffeDet's neck: concatenation, then (act, 3x3 conv, BN); SiLU as the official configs.
+GIRAFFEDET = Defaults(fusion="concat", op="act_conv_bn", act="silu")
+
+
+def log2n_sources(layer: int) -> list[int]:
+    """The earlier layers feeding ``layer`` by GFPN's log2(n)-link: layer - 2^k for
+    k = 0, 1, ... while >= 0 (layer 0 = the inputs), farthest first as the paper's
+    Concat(P^{l-2^n}, ..., P^{l-2^0}) lists them."""
+    if layer < 1:
+        raise PassError(f"log2n_sources: layer {layer} is not a GFPN layer (they count from 1)")
+    sources: list[int] = []
+    step = 1
+    # ">= 0", the paper's formula: the inputs feed layers 1, 2, 4, 8, ... (the official code
+    # feeds them to layer 1 only; docs/reference.md, "GFPN", lists this ambiguity)
+    while layer - step >= 0:
+        sources.append(layer - step)
+        step *= 2
+    return sources[::-1]
+
+
+def gfpn(lo: int = 3, hi: int = 7, layers: int = 5) -> GraphSpec:
+    """GiraffeDet's Generalized-FPN (Jiang et al., ICLR 2022): ``layers`` layers of one node
+    per level, alternately top-down (layer 1) and bottom-up, as the official code builds them.
+
+    Node ``L{l}_P{k}`` concatenates, in this order: the level-k nodes of layers l - 2^j
+    (log2(n)-link, oldest first, layer 0 being the input ``P{k}_in``), then queen-fusion's
+    diagonal neighbours from the previous layer (level k - 1, downsampled; level k + 1,
+    upsampled), then the neighbour on the layer's own path (level k + 1 in a top-down
+    layer, k - 1 in a bottom-up one). The outputs are the last layer's nodes."""
+    _check(lo, hi)
+    if layers < 1:
+        raise PassError(f"gfpn: layers must be at least 1, got {layers}")
+
+    def node(layer: int, k: int) -> str:
+        return input_name(k) if layer == 0 else f"L{layer}_P{k}"
+
+    nodes = []
+    for layer in range(1, layers + 1):
+        # layer 1 top-down as in the official code (the paper's Fig. 1 draws it bottom-up)
+        top_down = layer % 2 == 1
+        order = range(hi, lo - 1, -1) if top_down else range(lo, hi + 1)
+        for k in order:
+            ins = [node(src, k) for src in log2n_sources(layer)]
+            ins += [node(layer - 1, j) for j in (k - 1, k + 1) if lo <= j <= hi]
+            path = k + 1 if top_down else k - 1
+            if lo <= path <= hi:
+                ins.append(node(layer, path))
+            nodes.append(_node(node(layer, k), k, ins))
+    return _spec("gfpn", lo, hi, nodes, {k: node(layers, k) for k in range(lo, hi + 1)}, GIRAFFEDET,
+                 f"GiraffeDet's GFPN, {layers} layers: queen-fusion and log2(n)-link, concatenation.")
+
+
 GENERATORS: dict[str, Callable[[int, int], GraphSpec]] = {
     "fpn": fpn,
     "panet": panet,
@@ -152,6 +205,7 @@ GENERATORS: dict[str, Callable[[int, int], GraphSpec]] = {
     "qufpn": qufpn,
     "nasfpn": nasfpn,
     "fully_connected": fully_connected,
+    "gfpn": gfpn,
 }
 
 

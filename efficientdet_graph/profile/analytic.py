@@ -30,7 +30,7 @@ from ..graph import input_levels, inputs_of, is_input, layer_name, topo_order
 from ..ops import ACTIVATIONS, DOWNSAMPLERS, FUSIONS, NODE_OPS, UPSAMPLERS, CompileOptions
 from ..spec import MAX_NODES, ModelSpec, SourceMap, input_name
 
-__all__ = ["Cost", "graph_cost", "model_cost", "backbone_cost", "cache_dir", "COST_RULES"]
+__all__ = ["Cost", "FeatureInputs", "feature_inputs", "graph_cost", "model_cost", "backbone_cost", "cache_dir", "COST_RULES"]
 
 HW = tuple[int, int]
 
@@ -371,10 +371,34 @@ def _head(a: _Acc, c: int, repeats: int, outputs: int, sizes: list[HW], levels: 
         a.add(0, (repeats * (9 * c + c * c + 2 * c) + 9 * c + c * outputs) * h * w)
 
 
-def _model(spec_or_name: ModelSpec | str | os.PathLike, image_size: int | tuple[int, int] | None
-           ) -> tuple[str, HW, Cost, int]:
+@dataclass(frozen=True)
+class FeatureInputs:
+    """What a detector's feature network is counted from: its graph (``fpn_repeat``
+    layers), width, the backbone's real channels at the levels the backbone gives (the
+    input adapter makes the levels above at the network's width), and the image size."""
+
+    graph: nx.DiGraph
+    channels: int
+    in_channels: dict[int, int]
+    image_size: HW
+
+
+def feature_inputs(spec_or_name: ModelSpec | str | os.PathLike, image_size: int | tuple[int, int] | None = None,
+                   **overrides) -> FeatureInputs:
+    """``graph_cost(f.graph, f.channels, f.in_channels, f.image_size)`` is the ``fpn``
+    component of ``model_cost``; change the graph's repeat or the width to count the same
+    detector at another scale (``search.compare.matched_scale``). ``overrides`` replace
+    spec fields as ``create_model``'s do (``graph="fpn"``)."""
+    from ..model.build import feature_graph
+
+    spec, graph, hw, _, _, _, bb_channels = _resolved(spec_or_name, image_size, overrides)
+    return FeatureInputs(feature_graph(spec, graph), spec.fpn_channels, dict(bb_channels), hw)
+
+
+def _resolved(spec_or_name: ModelSpec | str | os.PathLike, image_size: int | tuple[int, int] | None,
+              overrides: dict | None = None) -> tuple:
     from ..model.backbone import pick_levels
-    from ..model.build import feature_graph, load_model_spec, model_graph
+    from ..model.build import load_model_spec, model_graph
     from ..scale import resolve
 
     if isinstance(spec_or_name, ModelSpec):
@@ -382,6 +406,8 @@ def _model(spec_or_name: ModelSpec | str | os.PathLike, image_size: int | tuple[
     else:
         spec, src, path = load_model_spec(spec_or_name)
         base = path.parent
+    if overrides:  # as create_model applies them: a graph path stays relative to the spec's folder
+        spec = ModelSpec.model_validate({**spec.model_dump(exclude_unset=True), **overrides})
     spec = resolve(spec)
     where = src or SourceMap(f"<{spec.name}>")
     if spec.head_channels != spec.fpn_channels:
@@ -399,6 +425,15 @@ def _model(spec_or_name: ModelSpec | str | os.PathLike, image_size: int | tuple[
         if isinstance(e, EdgError):
             raise
         raise SpecError([where.problem(("backbone",), str(e))]) from None
+    return spec, graph, hw, bb, levels, indices, bb_channels
+
+
+def _model(spec_or_name: ModelSpec | str | os.PathLike, image_size: int | tuple[int, int] | None
+           ) -> tuple[str, HW, Cost, int]:
+    from ..model.build import feature_graph
+
+    spec, graph, hw, bb, levels, indices, bb_channels = _resolved(spec_or_name, image_size)
+    lo, hi = graph.graph["levels"]
     opts = CompileOptions(bn_eps=spec.bn_eps, bn_momentum=spec.bn_momentum, padding=spec.padding)
     C = spec.fpn_channels
     sizes: dict[int, HW] = {lvl: tuple(bb["shapes"][i][1:]) for lvl, i in zip(levels, indices)}

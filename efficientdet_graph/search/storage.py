@@ -40,7 +40,7 @@ __all__ = ["open_storage", "is_journal", "worker_stamp", "fail_dead_workers", "r
 STALE_UNSTAMPED_S = 300.0
 
 
-def open_storage(url: str | None, run_dir: Path, heartbeat: int = 10) -> optuna.storages.BaseStorage:
+def open_storage(url: str | None, run_dir: Path, heartbeat: int | None = 10) -> optuna.storages.BaseStorage:
     """``None`` or a path (``*.journal``, ``journal:PATH``): journal file; ``sqlite:///``,
     ``postgresql://`` ...: Optuna's RDB storage with a heartbeat."""
     if url is None:
@@ -58,11 +58,12 @@ def open_storage(url: str | None, run_dir: Path, heartbeat: int = 10) -> optuna.
         try:
             with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna's terms since 2.9
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                engine = {"pool_pre_ping": True} if not url.startswith("sqlite") else None
+                if heartbeat is None:  # the caller keeps liveness itself (search.jobs)
+                    return optuna.storages.RDBStorage(url, engine_kwargs=engine)
                 # no stale-trial callback: the retry is ours (study.requeue_lost), as on the journal
-                return optuna.storages.RDBStorage(
-                    url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                    engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-                )
+                return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                                                  engine_kwargs=engine)
         except Exception as e:
             # workers started together on an empty database race to create Optuna's
             # tables; the loser sees a duplicate-key error and finds them on a retry

@@ -82,7 +82,10 @@ class TrainFile(BaseModel):
     train_data: SplitFile | None = Field(None, description="the training split's files, instead of data's")
     val_data: SplitFile | None = Field(None, description="the validation split's files, instead of data's")
     out: StrictStr | None = Field(None, description="run folder: checkpoint, metrics, curves, run.yaml")
+    init: StrictStr | None = Field(None, description="checkpoint whose backbone weights start the run")
     image_size: Positive | None = None
+    fpn_repeat: Positive | None = Field(None, description="feature-network layers, instead of the spec's")
+    fpn_channels: Positive | None = Field(None, description="feature-network (and head) width, instead of the spec's")
     epochs: Positive | None = None
     batch_size: Positive | None = None
     optimizer: Literal["adamw", "sgd"] | None = None
@@ -118,7 +121,7 @@ class TrainFile(BaseModel):
         return v
 
 
-_PATHS = ("model", "graph", "data", "out")
+_PATHS = ("model", "graph", "data", "out", "init")
 # TrainConfig fields a run file does not hold: how this invocation behaves, not what it trains
 NOT_IN_FILE = ("resume", "quiet", "workers")
 

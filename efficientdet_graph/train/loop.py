@@ -48,6 +48,9 @@ class TrainConfig:
     seed: int = 0
     image_size: int | None = None
     graph: str | None = None
+    # the spec's feature-network depth and width, replaced (an ablation at matched FLOPs)
+    fpn_repeat: int | None = None
+    fpn_channels: int | None = None
     resume: bool = False
     freeze_bn: bool = False
     sync_bn: bool = False
@@ -61,6 +64,9 @@ class TrainConfig:
     class_names: tuple[str, ...] | None = None  # display names, in category-id order (default: the data's)
     train_data: tuple[str, str] | None = None  # (annotation file, image folder), instead of data's train split
     val_data: tuple[str, str] | None = None  # (annotation file, image folder), instead of data's val split
+    # a checkpoint (an `edg train` last.pt) whose backbone weights start this run: a backbone
+    # trained on the user's own data, where no downloaded pretrained weights exist
+    init: str | None = None
     synthetic_train: int = 512
     synthetic_val: int = 128
     synthetic_classes: int = 3
@@ -169,7 +175,27 @@ def _build(cfg: TrainConfig, num_classes: int) -> EfficientDet:
         overrides["image_size"] = cfg.image_size
     if cfg.graph:
         overrides["graph"] = cfg.graph
+    for key in ("fpn_repeat", "fpn_channels"):
+        if getattr(cfg, key) is not None:
+            overrides[key] = getattr(cfg, key)
     return create_model(cfg.model, **overrides)
+
+
+def _init_backbone(model: EfficientDet, path: str) -> None:
+    """Copy the backbone weights of checkpoint ``path`` into ``model`` (strict: every
+    backbone tensor, of the same shape), as timm's pretrained weights would be."""
+    ckpt = read_checkpoint(path)
+    weights = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"--init {path}: not an efficientdet-graph checkpoint (no state_dict)")
+    ours = model.backbone.state_dict()
+    theirs = {k[len("backbone."):]: v for k, v in weights.items() if k.startswith("backbone.")}
+    wrong = sorted(k for k in ours if k not in theirs or getattr(theirs[k], "shape", None) != ours[k].shape)
+    if wrong:
+        raise CheckpointError(f"--init {path}: its backbone does not fit this model's ({len(wrong)} of {len(ours)} "
+                              f"tensors missing or of another shape, e.g. {wrong[0]!r}); it needs the same backbone "
+                              f"({model.spec.backbone.name if model.spec.backbone else 'default'})")
+    model.backbone.load_state_dict({k: theirs[k] for k in ours})
 
 
 def _lr_lambda(total: int, warmup: int):
@@ -247,6 +273,8 @@ def _train(cfg: TrainConfig) -> dict:
                                   "last.pt of an `edg train` run, or start a new run in another --out folder")
     else:
         model = _build(cfg, num_categories(_split(cfg, root, "train")[0]))
+        if cfg.init:
+            _init_backbone(model, cfg.init)
     size = model.spec.image_size
     train_ann, train_img = _split(cfg, root, "train")
     train_set = CocoDetection(train_ann, train_img, size, train=True, augment=cfg.augment)

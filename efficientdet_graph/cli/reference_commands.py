@@ -1,0 +1,230 @@
+"""``edg search reference``: build (or join, or report) a reference table of trained networks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import EdgError
+
+__all__ = ["register_search"]
+
+TASK_SIZES = {"multiscale": (2048, 256, 256)}  # train, search-val, test images of a built-in task
+
+
+class _BadArgs(EdgError):
+    pass
+
+
+def register_search(s: argparse._SubParsersAction) -> None:
+    q = s.add_parser(
+        "reference", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="train networks end-to-end with the reference schedule, seeds each: the table searches are judged by")
+    q.add_argument("space", metavar="SPACE", nargs="?", default=None,
+                   help="search space whose points and sampled networks join the table (none: the floor only)")
+    q.add_argument("--out", default="runs/reference", help="build folder: jobs, checkpoints, journal storage")
+    q.add_argument("--task", default="multiscale", choices=sorted(TASK_SIZES),
+                   help="built-in task, generated into OUT/data (ignored with --data)")
+    q.add_argument("--data", default=None,
+                   help="a COCO-format folder with train/, val/ (search-val) and test/ splits instead of --task")
+    q.add_argument("--sampled", type=int, default=14, help="networks drawn from the space, spread over its FLOPs")
+    q.add_argument("--sample-seed", type=int, default=0, help="seed of those draws")
+    q.add_argument("--graphs", nargs="*", default=["nasfpn", "gfpn:1"],
+                   help="named graphs added to the table, NAME or NAME:REPEAT (default repeat: the schedule's; "
+                        "GFPN's built-in is already 5 layers deep)")
+    q.add_argument("--floor", nargs="*", default=["nofusion", "fpn", "panet", "bifpn"],
+                   help="the noise-floor networks: the no-fusion neck first, then the fusing ones")
+    q.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of every network")
+    q.add_argument("--floor-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds of the floor networks")
+    q.add_argument("--floor-only", action="store_true", help="only the floor networks (the noise-floor run)")
+    q.add_argument("--schedule", action="append", default=[], metavar="KEY=VALUE",
+                   help="reference-schedule setting (repeatable), e.g. --schedule epochs=5")
+    q.add_argument("--storage", default=None, help="job storage: journal file (default OUT/jobs.journal) or "
+                                                   "postgresql://... shared by several machines")
+    q.add_argument("--workers", type=int, default=1, help="local worker processes (one core each)")
+    q.add_argument("--report", action="store_true", help="only write the results from what is finished")
+    q.add_argument("--results", default=None, help="write the table (JSON) here; a .md table beside it")
+    q.add_argument("--no-gate", action="store_true",
+                   help="report the noise-floor gate but exit 0 when it fails (default: exit 1)")
+    q.add_argument("--heartbeat", type=float, default=10.0, help="seconds between a job's heartbeats")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(handler=cmd_reference)
+
+
+def _schedule(items: list[str]):
+    from dataclasses import fields
+
+    from ..search.reference import Schedule
+
+    types = {f.name: f.type for f in fields(Schedule)}
+    values = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq or key not in types:
+            import difflib
+
+            close = difflib.get_close_matches(key, types, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; settings: {', '.join(types)}"
+            raise _BadArgs(f"--schedule {item!r}: expected KEY=VALUE with a schedule setting{hint}")
+        kind = types[key] if isinstance(types[key], str) else types[key].__name__
+        try:
+            if kind == "bool":
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(text)
+                values[key] = text.lower() in ("true", "1", "yes")
+            elif kind == "int":
+                values[key] = int(text)
+            elif kind == "float":
+                values[key] = float(text)
+            else:
+                values[key] = text
+        except ValueError:
+            raise _BadArgs(f"--schedule {item!r}: {key} takes a {kind}") from None
+    return Schedule(**values)
+
+
+def _data(args: argparse.Namespace) -> str:
+    if args.data:
+        from ..train.data import resolve_data
+
+        for split in ("train", "val"):
+            resolve_data(args.data, split)  # a DataError (exit 2) names what is missing
+        return args.data
+    from .._io import locked
+    from ..train.multiscale import make_multiscale
+
+    root = Path(args.out) / "data"
+    root.mkdir(parents=True, exist_ok=True)
+    with locked(root / ".lock"):
+        if not (root / "test" / "annotations.json").exists():
+            n_train, n_val, n_test = TASK_SIZES[args.task]
+            print(f"generating the {args.task} task into {root} ({n_train}/{n_val}/{n_test} images)", file=sys.stderr)
+            make_multiscale(root, n_train, n_val, n_test, seed=0)
+    return str(root)
+
+
+def _networks(args: argparse.Namespace, schedule) -> tuple[list, set]:
+    from ..passes import load_graph
+    from ..search.reference import network_from_graph, space_networks
+
+    floor = [network_from_graph(g, load_graph(g), schedule.repeat, "graph") for g in args.floor]
+    nets, keys = list(floor), {n.key for n in floor}
+    if not args.floor_only:
+        extra = []
+        for item in args.graphs:
+            name, _, rep = item.partition(":")
+            if rep and not (rep.isdigit() and 1 <= int(rep) <= 64):
+                raise _BadArgs(f"--graphs {item!r}: expected NAME or NAME:REPEAT with REPEAT 1..64")
+            label = name if not rep or int(rep) == schedule.repeat else f"{name}x{rep}"
+            extra.append(network_from_graph(label, load_graph(name), int(rep) if rep else schedule.repeat, "graph"))
+        space = space_networks(args.space, args.sampled, args.sample_seed) if args.space else []
+        for net in extra + space:
+            if net.key not in keys:  # the space's fpn/panet/bifpn points are the floor's networks
+                keys.add(net.key)
+                nets.append(net)
+    return nets, {n.key for n in floor}
+
+
+def _worker(args_dict: dict, index: int) -> int:
+    """One local worker process (spawned): joins the build and works until nothing is left."""
+    import signal
+
+    # SIGTERM from the parent: a job waiting (for the shared backbone, or for others) goes
+    # back to the queue like one training (whose own handler finishes the step first)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    args = argparse.Namespace(**args_dict)
+    build = _build(args)
+    say = (lambda m: None) if args.quiet else (lambda m: print(f"[worker {index}] {m}", flush=True))
+    try:
+        return build.work(say=say)
+    except KeyboardInterrupt:
+        print(f"[worker {index}] stopped; its job is back in the queue", flush=True)
+        return 0
+
+
+def _build(args: argparse.Namespace):
+    from ..search.reference import ReferenceBuild
+
+    schedule = _schedule(args.schedule)
+    name = f"reference-{Path(args.data).name if args.data else args.task}"
+    return ReferenceBuild(name, args.out, _data(args), schedule, args.storage, heartbeat=args.heartbeat)
+
+
+def cmd_reference(args: argparse.Namespace) -> int:
+    import multiprocessing
+    import time
+
+    if args.workers < 1 or args.workers > 64:
+        raise _BadArgs(f"--workers {args.workers}: allowed 1..64")
+    if args.sampled < 0:
+        raise _BadArgs(f"--sampled {args.sampled}: must be >= 0")
+    if args.space is None and not args.floor_only and args.sampled:
+        args.sampled = 0
+    if len(args.floor) < 3 and args.floor:
+        raise _BadArgs("--floor needs the no-fusion neck and at least two fusing networks")
+    build = _build(args)
+    nets, floor_keys = _networks(args, build.schedule)
+    if not args.report:
+        # the floor first, and seed-major: the first finished jobs already compare the networks
+        floor = [n for n in nets if n.key in floor_keys]
+        rest = [n for n in nets if n.key not in floor_keys]
+        added = build.add(floor, args.floor_seeds) + build.add(rest, args.seeds)
+        counts = build.queue.counts()
+        print(f"{len(nets)} networks; {added} job(s) added; jobs: "
+              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), file=sys.stderr)
+        if args.workers == 1:
+            build.work(say=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)))
+        else:
+            import signal
+
+            # SIGTERM (a scheduler's stop) ends the children too: each finishes its step,
+            # saves, and puts its job back in the queue
+            signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+            ctx = multiprocessing.get_context("spawn")
+            plain = {k: v for k, v in vars(args).items() if k not in ("handler",) and not callable(v)}
+            procs = [ctx.Process(target=_worker, args=(plain, i), daemon=False) for i in range(args.workers)]
+            for p in procs:
+                p.start()
+            try:
+                while any(p.is_alive() for p in procs):  # is_alive() reaps a dead child: no zombie
+                    time.sleep(1.0)
+            except KeyboardInterrupt:
+                for p in procs:
+                    p.terminate()  # SIGTERM: a clean stop of the job in flight
+                for p in procs:
+                    p.join(timeout=120)
+                raise
+            for p in procs:
+                p.join()
+            # a child killed mid-job leaves it RUNNING with a dead pid: finish what is left here
+            build.work(say=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)))
+    return _report(args, build, [n.name for n in nets if n.key in floor_keys])
+
+
+def _report(args: argparse.Namespace, build, floor: list[str]) -> int:
+    from ..search.reference import gate, summarize
+    from ..search.reference_report import write_reference_results
+
+    rows = build.rows()
+    table = summarize(rows)
+    verdict = gate(table, floor=tuple(floor), min_seeds=len(args.floor_seeds)) if floor else {"passed": None}
+    counts = build.queue.counts()
+    waiting = counts.get("waiting", 0) + counts.get("running", 0)
+    for s in table:
+        print(f"{s['network']:<24} seeds {len(s['seeds'])}  val mAP@0.5 {s['val']['mean']:.3f} "
+              f"(sd {s['val']['sd']:.3f})  test {s['test']['mean']:.3f}  fpn FLOPs {s['fpn_flops'] or 0:,}")
+    print(f"gate: {json.dumps({k: verdict.get(k) for k in ('passed', 'margin_in_sd', 'spread_in_sd', 'reason')})}")
+    if args.results:
+        path = write_reference_results(args.results, build, rows, table, verdict, counts)
+        print(f"results: {path}")
+    if waiting:
+        print(f"{waiting} job(s) not finished: run the same command again to go on", file=sys.stderr)
+        return 0
+    if verdict.get("passed") is False:
+        print("the noise-floor gate FAILED: on this task and schedule the necks' differences do not clear the "
+              "seed noise; change the task or the schedule, not the gate", file=sys.stderr)
+        return 0 if args.no_gate else 1
+    return 0

@@ -1,0 +1,73 @@
+"""The reference table as a results file: every seed's figures, the table, the gate."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+from .._io import atomic_write_text
+from .compare import provenance
+
+__all__ = ["write_reference_results", "markdown_table"]
+
+
+def _clean(x):
+    """JSON without NaN (a one-seed SD is undefined: null)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def _f(x, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
+
+
+def markdown_table(table: Sequence[dict], verdict: dict) -> str:
+    lines = ["| network | source | seeds | search-val mAP@0.5 mean (SD, range) | test mAP@0.5 mean (range) "
+             "| feature-net FLOPs | feature-net params | model FLOPs | job time (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in table:
+        v, t = s["val"], s["test"]
+        lines.append(f"| {s['network']} | {s['source']} | {len(s['seeds'])} | {_f(v['mean'])} ({_f(v['sd'])}, "
+                     f"{_f(v['min'])}–{_f(v['max'])}) | {_f(t['mean'])} ({_f(t['min'])}–{_f(t['max'])}) "
+                     f"| {s['fpn_flops'] or 0:,} | {s['fpn_params'] or 0:,} | {s['flops'] or 0:,} "
+                     f"| {_f(s['wall_s']['mean'], 0)} |")
+    g = verdict
+    if g.get("passed") is None:
+        lines += ["", f"Gate: not decided ({g.get('reason', 'no floor networks')})."]
+    else:
+        lines += ["", f"Gate ({'passed' if g['passed'] else 'FAILED'}): pooled seed SD {_f(g['pooled_sd'], 4)}; "
+                      f"{g['floor'][0]} is below the best-worst fusing network by {_f(g['margin'])} "
+                      f"= {_f(g['margin_in_sd'], 1)} SD (needs > {g['worst_by_sd']}); the fusing networks spread "
+                      f"{_f(g['spread'])} = {_f(g['spread_in_sd'], 1)} SD (needs > {g['spread_by_sd']})."]
+    return "\n".join(lines) + "\n"
+
+
+def write_reference_results(path: str | Path, build, rows: list[dict], table: list[dict], verdict: dict,
+                            counts: dict) -> Path:
+    walls = [r["wall_s"] for r in rows if "wall_s" in r]
+    doc = {
+        **provenance(),
+        "task": {"data": build.data},
+        "schedule": asdict(build.schedule),
+        "jobs": counts,
+        "cost": {"jobs_done": len(walls), "median_job_s": statistics.median(walls) if walls else None,
+                 "total_job_s": round(sum(walls), 1), "threads_per_job": build.schedule.threads},
+        "gate": verdict,
+        "table": table,
+        "runs": rows,
+        "failed": [{"key": t.user_attrs.get("edg_key"), "reason": t.user_attrs.get("edg_reason")}
+                   for t in build.queue.failed()],
+    }
+    path = Path(path)
+    atomic_write_text(path, json.dumps(_clean(doc), indent=1) + "\n")
+    atomic_write_text(path.with_suffix(".md"), markdown_table(table, verdict))
+    return path

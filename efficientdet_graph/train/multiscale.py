@@ -1,0 +1,327 @@
+"""The multi-scale synthetic task: a detection set on which the feature network decides.
+
+Today's ``shapes`` set (``synthetic.py``) puts 1-4 objects of 15-72 px on 128 px
+images: with anchors at P3-P7 most levels never see a positive, and nothing needs
+information from another scale, so every neck scores alike. This set is built so
+that cross-scale fusion is what separates a good neck from a bad one:
+
+* **Sizes log-uniform over more than 4 octaves** (5 %-90 % of the image side, 4.2
+  octaves), so every pyramid level P3-P7 has objects (and positive anchors) to learn.
+* **Classes that need context from another scale.**
+  - ``mark_solid`` / ``mark_dashed``: one small diamond mark, drawn identically; its
+    class is the kind of panel it sits on (a solid or a dashed frame), and the frame is
+    far from the mark (marks keep a quarter of the panel's side from its border). The
+    same mark *outside* a panel is a distractor, not an object. So a small object's
+    class lives in a large region: top-down information.
+  - ``disc`` / ``disc_dot``: large discs that differ only by a small dot at the centre
+    (a tenth of the diameter): a large object decided by a small detail, bottom-up
+    information.
+  - ``panel_solid`` / ``panel_dashed``: the panels themselves, told apart by their frame.
+  - ``triangle`` / ``star``: ordinary objects at every size.
+* **Clutter.** Multi-octave textured backgrounds, random strokes, and distractor shapes
+  (rings, bars, crosses, stray marks) that are not objects; 5-15 objects per image,
+  drawn from large to small so the small ones partly occlude the large ones (each object
+  keeps at least 40 % of its box visible, no two overlap by an IoU of 0.3 or more, and a
+  disc's dot is never covered).
+
+An object's size is ``sqrt(w * h)`` of its box: it is drawn log-uniformly first, and the
+class is then chosen among those that exist at that size, so the size distribution does
+not depend on the class mix. Everything comes from ``random.Random(seed)``: the same seed
+writes the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from .._io import atomic_write_text
+from ..errors import ConfigError
+
+__all__ = ["MULTISCALE_CLASSES", "MultiscaleConfig", "write_multiscale_split", "make_multiscale"]
+
+MULTISCALE_CLASSES = ("panel_solid", "panel_dashed", "mark_solid", "mark_dashed", "disc", "disc_dot",
+                      "triangle", "star")
+
+# Size range of each class, as fractions of the image side: the classes that exist at a size.
+_RANGES = {
+    "panel": (0.35, 1.0),
+    "mark": (0.0, 0.1),
+    "disc": (0.12, 0.6),
+    "triangle": (0.0, 1.0),
+    "star": (0.0, 1.0),
+}
+# How often each kind is picked where it exists: the context classes are the point of the
+# set, so they are favoured over the ordinary shapes.
+_WEIGHTS = {"panel": 3.0, "mark": 4.0, "disc": 2.0, "triangle": 1.0, "star": 1.0}
+_MAX_COVER = 0.6  # at most this share of an object's box may be hidden by later objects
+_MAX_IOU = 0.3  # an object overlaps an earlier one by less than this IoU
+_PANEL_INSET = 0.25  # marks keep this share of the panel's side from its frame
+
+
+@dataclass(frozen=True)
+class MultiscaleConfig:
+    """Settings of the multi-scale set (one split is ``num_images`` of them)."""
+
+    image_size: int = 192
+    min_size: float = 0.05  # object size range, fractions of the image side (log-uniform)
+    max_size: float = 0.9
+    min_objects: int = 5
+    max_objects: int = 15
+    distractors: tuple[int, int] = (2, 6)  # unlabelled shapes per image
+    stray_marks: tuple[int, int] = (1, 3)  # marks outside any panel (not objects)
+
+    def __post_init__(self) -> None:
+        if not 32 <= self.image_size <= 8192:
+            raise ConfigError(f"image_size {self.image_size}: allowed 32..8192")
+        if not 0 < self.min_size < self.max_size <= 1:
+            raise ConfigError(f"object sizes {self.min_size}..{self.max_size}: need 0 < min < max <= 1")
+        if self.min_size * self.image_size < 4:
+            raise ConfigError(f"min_size {self.min_size} at {self.image_size} px is under 4 px: too small to draw")
+        if not 1 <= self.min_objects <= self.max_objects <= 100:
+            raise ConfigError(f"objects per image {self.min_objects}..{self.max_objects}: need 1 <= min <= max <= 100")
+
+
+def _background(size: int, rng: random.Random) -> Image.Image:
+    """Value noise at three octaves plus fine grain: texture at every pyramid level."""
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
+    img = torch.zeros(1, 3, size, size)
+    for cells, weight in ((4, 0.45), (12, 0.25), (size // 6, 0.15)):
+        noise = torch.rand(1, 3, cells, cells, generator=g)
+        img += weight * F.interpolate(noise, size=(size, size), mode="bicubic", align_corners=False)
+    img += 0.12 * torch.rand(1, 3, size, size, generator=g)
+    img = (img - img.amin()) / (img.amax() - img.amin() + 1e-6)
+    img = 0.15 + 0.7 * img
+    return Image.fromarray((img[0].permute(1, 2, 0) * 255).to(torch.uint8).numpy(), "RGB")
+
+
+def _color(rng: random.Random) -> tuple[int, int, int]:
+    return tuple(rng.randrange(256) for _ in range(3))
+
+
+def _box(cx: float, cy: float, s: float, rng: random.Random) -> tuple[float, float, float, float]:
+    a = math.sqrt(rng.uniform(0.8, 1.25))  # aspect, keeping sqrt(w * h) == s
+    w, h = s * a, s / a
+    return (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+
+
+def _inside(box, size: int) -> bool:
+    return box[0] >= 0 and box[1] >= 0 and box[2] <= size and box[3] <= size
+
+
+def _overlap(a, b) -> float:
+    """Area of the intersection of two boxes."""
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def _area(b) -> float:
+    return (b[2] - b[0]) * (b[3] - b[1])
+
+
+def _draw_mark(draw: ImageDraw.ImageDraw, box, color) -> None:
+    x0, y0, x1, y1 = box
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=color)
+
+
+def _draw_star(draw: ImageDraw.ImageDraw, box, color) -> None:
+    x0, y0, x1, y1 = box
+    cx, cy, w, h = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
+    pts = []
+    for i in range(10):
+        r = 0.5 if i % 2 == 0 else 0.2
+        a = -math.pi / 2 + i * math.pi / 5
+        pts.append((cx + r * w * math.cos(a), cy + r * h * math.sin(a)))
+    draw.polygon(pts, fill=color)
+
+
+def _draw_panel(img: Image.Image, draw: ImageDraw.ImageDraw, box, dashed: bool, rng: random.Random) -> None:
+    """A textured fill inside a thick frame, solid or dashed: the frame is the only difference."""
+    x0, y0, x1, y1 = box
+    side = min(x1 - x0, y1 - y0)
+    fill = _color(rng)
+    draw.rectangle(box, fill=fill)
+    # the interior's texture: the same kind for both panel types
+    g = np.random.default_rng(rng.randrange(2**31))
+    w, h = max(1, round(x1 - x0)), max(1, round(y1 - y0))
+    tex = np.asarray(fill, dtype=np.float32)[None, None, :] + g.normal(0, 18, size=(h, w, 1)).astype(np.float32)
+    img.paste(Image.fromarray(tex.clip(0, 255).astype(np.uint8), "RGB"), (round(x0), round(y0)))
+    frame = _color(rng)
+    width = max(2, round(0.07 * side))
+    if not dashed:
+        draw.rectangle(box, outline=frame, width=width)
+        return
+    dash = max(3.0, 0.12 * side)
+    x = x0
+    while x < x1:  # top and bottom sides
+        draw.rectangle((x, y0, min(x + dash, x1), y0 + width), fill=frame)
+        draw.rectangle((x, y1 - width, min(x + dash, x1), y1), fill=frame)
+        x += 2 * dash
+    y = y0
+    while y < y1:  # left and right sides
+        draw.rectangle((x0, y, x0 + width, min(y + dash, y1)), fill=frame)
+        draw.rectangle((x1 - width, y, x1, min(y + dash, y1)), fill=frame)
+        y += 2 * dash
+
+
+def _draw_distractor(draw: ImageDraw.ImageDraw, size: int, cfg: MultiscaleConfig, rng: random.Random) -> None:
+    kind = rng.choice(("stroke", "ring", "bar", "cross"))
+    s = size * math.exp(rng.uniform(math.log(cfg.min_size), math.log(cfg.max_size * 0.6)))
+    cx, cy = rng.uniform(0, size), rng.uniform(0, size)
+    color = _color(rng)
+    x0, y0, x1, y1 = cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2
+    if kind == "stroke":
+        a = rng.uniform(0, math.pi)
+        draw.line((cx - s * math.cos(a), cy - s * math.sin(a), cx + s * math.cos(a), cy + s * math.sin(a)),
+                  fill=color, width=max(1, round(s / 12)))
+    elif kind == "ring":
+        draw.ellipse((x0, y0, x1, y1), outline=color, width=max(1, round(s / 8)))
+    elif kind == "bar":
+        draw.rectangle((x0, cy - s / 8, x1, cy + s / 8), fill=color)
+    else:
+        draw.rectangle((x0, cy - s / 10, x1, cy + s / 10), fill=color)
+        draw.rectangle((cx - s / 10, y0, cx + s / 10, y1), fill=color)
+
+
+def _classes_at(frac: float, has_panel: bool) -> list[str]:
+    kinds = [k for k, (lo, hi) in _RANGES.items() if lo <= frac <= hi and (k != "mark" or has_panel)]
+    return kinds
+
+
+def _visible_after(box, cover_boxes: list, extra) -> float:
+    """The share of ``box`` still visible once ``extra`` is drawn over it and the boxes
+    already covering it (a coarse 16x16 raster of the box: exact enough for a 50 % rule)."""
+    xs = np.linspace(box[0], box[2], 16, endpoint=False) + (box[2] - box[0]) / 32
+    ys = np.linspace(box[1], box[3], 16, endpoint=False) + (box[3] - box[1]) / 32
+    gx, gy = np.meshgrid(xs, ys)
+    hidden = np.zeros_like(gx, dtype=bool)
+    for b in [*cover_boxes, extra]:
+        hidden |= (gx >= b[0]) & (gx < b[2]) & (gy >= b[1]) & (gy < b[3])
+    return 1.0 - hidden.mean()
+
+
+def write_multiscale_split(out: Path, num_images: int, seed: int, cfg: MultiscaleConfig = MultiscaleConfig()) -> Path:
+    """Write ``out/images/*.png`` and ``out/annotations.json`` (COCO); returns the JSON path."""
+    rng = random.Random(seed)
+    size = cfg.image_size
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    lo, hi = math.log(cfg.min_size), math.log(cfg.max_size)
+    pending: list[float] = []
+    for i in range(num_images):
+        img = _background(size, rng)
+        draw = ImageDraw.Draw(img)
+        for _ in range(rng.randint(*cfg.distractors)):
+            _draw_distractor(draw, size, cfg, rng)
+        # sizes first (log-uniform), drawn from large to small: small objects occlude large ones
+        # stratified: with n objects, one size in each n-th of the log range -- the marginal
+        # stays exactly log-uniform, and an image never has to fit several huge objects
+        n = rng.randint(cfg.min_objects, cfg.max_objects)
+        fracs = [math.exp(lo + (hi - lo) * (k + rng.random()) / n) for k in range(n)]
+        # a size that found no room in the last image is tried again here (first), so that
+        # what is written keeps the drawn distribution instead of losing crowded sizes
+        fracs = sorted(pending + fracs, reverse=True)
+        pending = []
+        placed: list[dict] = []  # {"box", "cls", "covers": [boxes drawn over it], "keep": box never covered}
+        for frac in fracs:
+            s = frac * size
+            panels = [p for p in placed if p["cls"].startswith("panel")
+                      and (p["box"][2] - p["box"][0]) * (1 - 2 * _PANEL_INSET) > s]
+            kinds = _classes_at(frac, bool(panels))
+            kind = rng.choices(kinds, weights=[_WEIGHTS[k] for k in kinds])[0]
+            for _attempt in range(100):
+                if kind == "mark":
+                    host = rng.choice(panels)
+                    hx0, hy0, hx1, hy1 = host["box"]
+                    inset = _PANEL_INSET * min(hx1 - hx0, hy1 - hy0)
+                    cx = rng.uniform(hx0 + inset + s / 2, hx1 - inset - s / 2)
+                    cy = rng.uniform(hy0 + inset + s / 2, hy1 - inset - s / 2)
+                else:
+                    cx, cy = rng.uniform(s / 2, size - s / 2), rng.uniform(s / 2, size - s / 2)
+                box = _box(cx, cy, s, rng)
+                if not _inside(box, size):
+                    continue
+                area = (box[2] - box[0]) * (box[3] - box[1])
+                if any(_overlap(box, p["box"]) > _MAX_IOU * (area + _area(p["box"]) - _overlap(box, p["box"]))
+                       for p in placed):
+                    continue  # two objects in nearly one place are one detection, not two
+                if any(_overlap(box, p["box"]) > 0 and (
+                        _visible_after(p["box"], p["covers"], box) < 1 - _MAX_COVER
+                        or (p["keep"] is not None and _overlap(box, p["keep"]) > 0)) for p in placed):
+                    continue
+                break
+            else:
+                if len(pending) < cfg.max_objects:
+                    pending.append(frac)
+                continue
+            if kind == "panel":
+                cls = rng.choice(("panel_solid", "panel_dashed"))
+                _draw_panel(img, draw, box, cls == "panel_dashed", rng)
+            elif kind == "mark":
+                cls = "mark_dashed" if host["cls"] == "panel_dashed" else "mark_solid"
+                _draw_mark(draw, box, _color(rng))
+            elif kind == "disc":
+                cls = rng.choice(("disc", "disc_dot"))
+                draw.ellipse(box, fill=_color(rng))
+            elif kind == "triangle":
+                cls = "triangle"
+                draw.polygon([((box[0] + box[2]) / 2, box[1]), (box[2], box[3]), (box[0], box[3])], fill=_color(rng))
+            else:
+                cls = "star"
+                _draw_star(draw, box, _color(rng))
+            keep = None
+            if cls == "disc_dot":
+                cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+                r = max(1.0, 0.05 * (box[2] - box[0]))
+                keep = (cx - 3 * r, cy - 3 * r, cx + 3 * r, cy + 3 * r)
+                draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=_color(rng))
+            elif cls == "disc":
+                cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+                r = max(1.0, 0.05 * (box[2] - box[0]))
+                keep = (cx - 3 * r, cy - 3 * r, cx + 3 * r, cy + 3 * r)  # a plain disc's centre stays plain
+            for p in placed:
+                if _overlap(box, p["box"]) > 0:
+                    p["covers"].append(box)
+            placed.append({"box": box, "cls": cls, "covers": [], "keep": keep})
+        # stray marks: the marks' look outside any panel, and not objects
+        for _ in range(rng.randint(*cfg.stray_marks)):
+            s = size * math.exp(rng.uniform(lo, math.log(min(cfg.max_size, _RANGES["mark"][1]))))
+            for _attempt in range(20):
+                box = _box(rng.uniform(s / 2, size - s / 2), rng.uniform(s / 2, size - s / 2), s, rng)
+                if _inside(box, size) and not any(_overlap(box, p["box"]) > 0 for p in placed):
+                    _draw_mark(draw, box, _color(rng))
+                    break
+        for p in placed:
+            x0, y0, x1, y1 = p["box"]
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": i + 1,
+                "category_id": MULTISCALE_CLASSES.index(p["cls"]) + 1,
+                "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                "area": round((x1 - x0) * (y1 - y0), 2), "iscrowd": 0,
+            })
+        name = f"{i:06d}.png"
+        img.save(out / "images" / name)
+        images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
+    categories = [{"id": c + 1, "name": n} for c, n in enumerate(MULTISCALE_CLASSES)]
+    path = out / "annotations.json"
+    atomic_write_text(path, json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
+def make_multiscale(out: str | Path, num_train: int = 1024, num_val: int = 256, num_test: int = 256, seed: int = 0,
+                    cfg: MultiscaleConfig = MultiscaleConfig()) -> Path:
+    """``out/train``, ``out/val`` (the search-val split: what proxies and studies see) and
+    ``out/test`` (only for final claims), each from its own seed."""
+    out = Path(out)
+    for split, n, offset in (("train", num_train, 0), ("val", num_val, 1_000_003), ("test", num_test, 2_000_029)):
+        if n > 0:
+            write_multiscale_split(out / split, n, seed + offset, cfg)
+    return out

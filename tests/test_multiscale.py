@@ -1,0 +1,219 @@
+"""The multi-scale task: deterministic, sizes log-uniform over > 4 octaves, positives at
+every level, and context classes that mean what the docs say.
+
+Every check reads the written files (COCO JSON and PNGs) and computes from them with
+code written here -- anchors and matching included -- not the generator's bookkeeping
+nor the project's anchor code."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from efficientdet_graph.train.multiscale import MULTISCALE_CLASSES, MultiscaleConfig, make_multiscale
+
+N_IMAGES = 96
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("multiscale")
+    make_multiscale(root, num_train=N_IMAGES, num_val=8, num_test=8, seed=3)
+    return root
+
+
+def _coco(root: Path, split: str = "train") -> dict:
+    return json.loads((root / split / "annotations.json").read_text())
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_same_seed_same_files_other_seed_other_files(task, tmp_path):
+    make_multiscale(tmp_path / "again", num_train=6, num_val=2, num_test=2, seed=3)
+    make_multiscale(tmp_path / "other", num_train=6, num_val=2, num_test=2, seed=4)
+    make_multiscale(tmp_path / "first6", num_train=6, num_val=2, num_test=2, seed=3)
+    assert _digest(tmp_path / "again") == _digest(tmp_path / "first6")
+    assert _digest(tmp_path / "again" / "train") != _digest(tmp_path / "other" / "train")
+    # the three splits are different images
+    assert _digest(tmp_path / "again" / "val" / "images") != _digest(tmp_path / "again" / "test" / "images")
+
+
+def test_classes_objects_per_image_and_splits(task):
+    coco = _coco(task)
+    assert [c["name"] for c in coco["categories"]] == list(MULTISCALE_CLASSES)
+    assert 6 <= len(MULTISCALE_CLASSES) <= 10
+    per_image = np.bincount([a["image_id"] for a in coco["annotations"]], minlength=N_IMAGES + 1)[1:]
+    assert per_image.min() >= 3 and per_image.max() <= 15
+    assert 7 <= per_image.mean() <= 14  # "several objects per image (5-20)"
+    for split in ("val", "test"):
+        assert len(_coco(task, split)["images"]) == 8
+    assert {a["category_id"] for a in coco["annotations"]} == set(range(1, len(MULTISCALE_CLASSES) + 1))
+
+
+def test_sizes_are_log_uniform_over_more_than_four_octaves(task):
+    cfg = MultiscaleConfig()
+    side = cfg.image_size
+    sizes = np.array([math.sqrt(a["bbox"][2] * a["bbox"][3]) for a in _coco(task)["annotations"]])
+    lo, hi = cfg.min_size * side, cfg.max_size * side
+    assert math.log2(hi / lo) > 4
+    assert sizes.min() >= lo * 0.999 and sizes.max() <= hi * 1.001
+    assert math.log2(sizes.max() / sizes.min()) > 4
+    # Kolmogorov-Smirnov distance of log-size from the uniform law on [log lo, log hi],
+    # computed here: the largest gap between the empirical and the uniform CDF
+    u = np.sort((np.log(sizes) - math.log(lo)) / (math.log(hi) - math.log(lo)))
+    n = len(u)
+    d = max(np.max(np.arange(1, n + 1) / n - u), np.max(u - np.arange(n) / n))
+    assert d < 0.08, f"KS distance {d:.3f} from log-uniform over {n} objects"
+    # and every octave holds a fair share (uniform: one octave = 1/4.17 of the objects)
+    octaves = np.histogram(np.log2(sizes / lo), bins=4, range=(0, 4))[0] / n
+    assert octaves.min() > 0.15, octaves
+
+
+def _anchors(side: int, levels=range(3, 8), scale=1.5, num_scales=3,
+             ratios=((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))) -> tuple[np.ndarray, np.ndarray]:
+    """EfficientDet's anchors written out: the level-L map has n_L = ceil(n_{L-1} / 2) cells
+    (n_0 = the image side), its stride is side / n_L (the official placement: 2^L only where
+    2^L divides the side), centres at (i + 0.5) * stride, sides scale * stride * 2^(k / num_scales)
+    times each aspect pair. Boxes and their level."""
+    boxes, level = [], []
+    n = side
+    for L in range(1, max(levels) + 1):
+        n = (n + 1) // 2
+        if L not in levels:
+            continue
+        stride = side / n
+        c = (np.arange(n) + 0.5) * stride
+        cy, cx = np.meshgrid(c, c, indexing="ij")
+        for k in range(num_scales):
+            base = scale * stride * 2 ** (k / num_scales)
+            for ax, ay in ratios:
+                w, h = base * ax, base * ay
+                b = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1).reshape(-1, 4)
+                boxes.append(b)
+                level += [L] * len(b)
+    return np.concatenate(boxes), np.array(level)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
+
+
+def level_shares(coco: dict, side: int) -> tuple[dict, dict]:
+    """Share of positive anchors and of objects per level (an object's level: where its
+    best anchor is); positive = IoU >= 0.5, plus each object's best anchor."""
+    anchors, level = _anchors(side)
+    pos = dict.fromkeys(range(3, 8), 0)
+    objs = dict.fromkeys(range(3, 8), 0)
+    by_image: dict[int, list] = {}
+    for a in coco["annotations"]:
+        x, y, w, h = a["bbox"]
+        by_image.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
+    for boxes in by_image.values():
+        iou = _iou(anchors, np.array(boxes))
+        positive = iou.max(1) >= 0.5
+        best = iou.argmax(0)
+        positive[best] = True
+        for L in range(3, 8):
+            pos[L] += int(positive[level == L].sum())
+        for b in best:
+            objs[int(level[b])] += 1
+    tp, to = sum(pos.values()), sum(objs.values())
+    return {L: v / tp for L, v in pos.items()}, {L: v / to for L, v in objs.items()}
+
+
+def test_every_output_level_gets_positives(task):
+    pos, objs = level_shares(_coco(task), MultiscaleConfig().image_size)
+    for L in range(3, 7):
+        assert pos[L] > 0.10 and objs[L] > 0.10, (L, pos, objs)
+    # P7's 2x2 map is thin (docs/tasks.md says so), but it is not empty
+    assert pos[7] > 0.004 and objs[7] > 0.004, (pos, objs)
+
+
+def test_docs_table_of_level_shares_matches_the_data(task):
+    """docs/tasks.md states the per-level shares; a fresh sample must agree with them."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "tasks.md").read_text()
+    pos, objs = level_shares(_coco(task), MultiscaleConfig().image_size)
+    for L in range(3, 8):
+        row = next(line for line in text.splitlines() if line.startswith(f"| P{L} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        doc_pos, doc_objs = float(cells[1].rstrip("%")) / 100, float(cells[2].rstrip("%")) / 100
+        assert abs(doc_pos - pos[L]) < 0.05, (L, doc_pos, pos[L])
+        assert abs(doc_objs - objs[L]) < 0.05, (L, doc_objs, objs[L])
+
+
+def _inside(inner, outer, margin: float = 0.0) -> bool:
+    return (inner[0] >= outer[0] + margin and inner[1] >= outer[1] + margin
+            and inner[0] + inner[2] <= outer[0] + outer[2] - margin
+            and inner[1] + inner[3] <= outer[1] + outer[3] - margin)
+
+
+def test_a_marks_class_is_the_panel_it_sits_on_far_from_its_frame(task):
+    coco = _coco(task)
+    name = {c["id"]: c["name"] for c in coco["categories"]}
+    by_image: dict[int, list] = {}
+    for a in coco["annotations"]:
+        by_image.setdefault(a["image_id"], []).append((name[a["category_id"]], a["bbox"]))
+    marks = 0
+    for objs in by_image.values():
+        for cls, box in objs:
+            if not cls.startswith("mark_"):
+                continue
+            marks += 1
+            kind = cls.removeprefix("mark_")
+            hosts = [b for c, b in objs if c == f"panel_{kind}" and _inside(box, b, 0.2 * min(b[2], b[3]))]
+            assert hosts, f"{cls} at {box} is not well inside a panel_{kind}"
+    assert marks >= 20
+
+
+def test_a_dot_tells_disc_dot_from_disc(task):
+    """At a disc's centre, disc_dot has a dot of another colour; a plain disc does not."""
+    coco = _coco(task)
+    name = {c["id"]: c["name"] for c in coco["categories"]}
+    files = {i["id"]: i["file_name"] for i in coco["images"]}
+    seen = {"disc": 0, "disc_dot": 0}
+    for a in coco["annotations"]:
+        cls = name[a["category_id"]]
+        if cls not in seen or a["bbox"][2] < 40:
+            continue
+        img = np.asarray(Image.open(task / "train" / "images" / files[a["image_id"]]).convert("RGB"), dtype=int)
+        x, y, w, h = a["bbox"]
+        cx, cy = int(x + w / 2), int(y + h / 2)
+        centre = img[cy, cx]
+        r = 0.05 * w  # the dot's radius; the area kept clear around it reaches 3 r
+        ring = img[cy, cx + math.ceil(r) + 2]
+        differs = np.abs(centre - ring).sum() > 0
+        assert differs == (cls == "disc_dot"), (cls, a["bbox"], centre, ring)
+        seen[cls] += 1
+    assert seen["disc"] >= 3 and seen["disc_dot"] >= 3
+
+
+def test_cli_writes_three_splits_and_refuses_bad_sizes(tmp_path):
+    edg = [sys.executable, "-m", "efficientdet_graph"]
+    ok = subprocess.run(edg + ["data", "synthetic", "--task", "multiscale", "--out", str(tmp_path / "d"),
+                               "--train", "3", "--val", "2", "--test", "2"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    for split, n in (("train", 3), ("val", 2), ("test", 2)):
+        assert len(_coco(tmp_path / "d", split)["images"]) == n
+    bad = subprocess.run(edg + ["data", "synthetic", "--task", "multiscale", "--out", str(tmp_path / "e"),
+                                "--size", "40"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "4 px" in bad.stderr

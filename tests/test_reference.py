@@ -1,0 +1,165 @@
+"""The reference-table builder: a killed build loses only its job in flight and repeats no
+finished job; two builders share the jobs without training one twice; the noise-floor
+gate's statistics against hand-computed figures.
+
+The builds are real (`edg search reference` in subprocesses, real SIGKILL) at a tiny
+schedule; what happened is read back from the journal with Optuna's own API."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from efficientdet_graph.search.reference import gate, pooled_sd, summarize
+
+EDG = [sys.executable, "-m", "efficientdet_graph"]
+TINY = ["--schedule", "image_size=64", "--schedule", "epochs=1", "--schedule", "pretrain_epochs=0",
+        "--schedule", "batch_size=4", "--schedule", "channels=8", "--schedule", "head_repeat=1",
+        "--schedule", "repeat=1"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("refdata")
+    subprocess.run(EDG + ["data", "synthetic", "--task", "multiscale", "--out", str(root), "--train", "8",
+                          "--val", "4", "--test", "4", "--size", "96"], check=True, capture_output=True)
+    return root
+
+
+def _command(data: Path, out: Path, *extra: str) -> list[str]:
+    return EDG + ["search", "reference", "--floor-only", "--floor", "nofusion", "fpn", "bifpn",
+                  "--floor-seeds", "0", "1", "--data", str(data), "--out", str(out), "--heartbeat", "1", "--no-gate", *TINY,
+                  *extra]
+
+
+def _trials(out: Path) -> list:
+    storage = JournalStorage(JournalFileBackend(str(out / "jobs.journal")))
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(deepcopy=False)
+
+
+def _wait_running(out: Path, pid: int, timeout: float = 120) -> int:
+    """The number of the trial process ``pid`` is running, once it runs one."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if (out / "jobs.journal").exists():
+            try:
+                for t in _trials(out):
+                    if t.state == TrialState.RUNNING and f":{pid}:" in t.user_attrs.get("edg_worker", ""):
+                        return t.number
+            except (ValueError, KeyError):  # the study is being created
+                pass
+        time.sleep(0.05)
+    raise AssertionError("no job started")
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def test_killed_build_restarted_finishes_every_job_exactly_once(data, tmp_path):
+    out = tmp_path / "build"
+    first = subprocess.Popen(_command(data, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    try:
+        # let one job finish first, so the restart has a finished job it must not repeat
+        end = time.time() + 120
+        while time.time() < end and not any(t.state == TrialState.COMPLETE for t in
+                                            (_trials(out) if (out / "jobs.journal").exists() else [])):
+            time.sleep(0.05)
+        killed = _wait_running(out, first.pid)
+        os.kill(first.pid, signal.SIGKILL)
+    finally:
+        first.wait(timeout=30)
+    done_before = {t.user_attrs["edg_key"]: t.number for t in _trials(out) if t.state == TrialState.COMPLETE}
+    assert done_before, "the kill came before any job finished"
+    again = subprocess.run(_command(data, out), capture_output=True, text=True, timeout=300, env=_env())
+    assert again.returncode == 0, again.stderr[-2000:]
+    trials = _trials(out)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    keys = [t.user_attrs["edg_key"] for t in complete]
+    assert len(keys) == 6 and len(set(keys)) == 6  # 3 networks x 2 seeds, each once
+    for key, number in done_before.items():  # finished before the kill: never re-run
+        assert [t.number for t in complete if t.user_attrs["edg_key"] == key] == [number]
+    (lost,) = [t for t in trials if t.state == TrialState.FAIL]
+    assert lost.number == killed and lost.user_attrs["edg_status"] == "lost"
+    (retry,) = [t for t in complete if t.user_attrs.get("edg_retry_of") == killed]
+    assert retry.user_attrs["edg_attempt"] == 2 and retry.user_attrs["edg_key"] == lost.user_attrs["edg_key"]
+    # the same command once more: nothing left to do, nothing re-run
+    third = subprocess.run(_command(data, out), capture_output=True, text=True, timeout=120, env=_env())
+    assert third.returncode == 0 and len(_trials(out)) == len(trials)
+
+
+def test_two_builders_share_the_jobs_without_duplicates(data, tmp_path):
+    out = tmp_path / "shared"
+    procs = [subprocess.Popen(_command(data, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env=_env()) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    trials = _trials(out)
+    assert all(t.state == TrialState.COMPLETE for t in trials), [(t.number, t.state) for t in trials]
+    keys = [t.user_attrs["edg_key"] for t in trials]
+    assert len(keys) == 6 and len(set(keys)) == 6
+    workers = {t.user_attrs["edg_worker"].split(":")[1] for t in trials}
+    assert workers <= {str(p.pid) for p in procs}
+
+
+def _rows(values: dict[str, list[float]]) -> list[dict]:
+    return [{"network": n, "key": n, "source": "graph", "repeat": 1, "seed": s, "val": {"map50": v},
+             "test": {"map50": v}, "wall_s": 1.0} for n, vs in values.items() for s, v in enumerate(vs)]
+
+
+def test_pooled_sd_and_gate_against_hand_computed_figures():
+    values = {"nofusion": [0.10, 0.12, 0.11, 0.13, 0.09], "fpn": [0.30, 0.32, 0.31, 0.29, 0.33],
+              "panet": [0.35, 0.36, 0.34, 0.37, 0.33], "bifpn": [0.40, 0.41, 0.39, 0.42, 0.38]}
+    # each group: deviations -0.02..+0.02 around its mean: variance 0.001/4 = 0.00025
+    assert pooled_sd(list(values.values())) == pytest.approx(math.sqrt(0.00025))
+    assert pooled_sd([[1.0, 3.0], [10.0, 10.0, 10.0]]) == pytest.approx(math.sqrt(2.0 / 3.0))
+    table = summarize(_rows(values))
+    assert [s["network"] for s in table] == ["bifpn", "panet", "fpn", "nofusion"]
+    assert table[0]["val"]["sd"] == pytest.approx(statistics.stdev(values["bifpn"]))
+    g = gate(table)
+    sd = math.sqrt(0.00025)
+    assert g["margin"] == pytest.approx(0.31 - 0.11) and g["spread"] == pytest.approx(0.40 - 0.31)
+    assert g["margin_in_sd"] == pytest.approx(0.20 / sd) and g["passed"] is True
+
+    close = {**values, "bifpn": [0.31, 0.33, 0.30, 0.32, 0.29]}  # fusing necks 0.31, 0.35, 0.31: 2.5 SD
+    assert gate(summarize(_rows(close)))["passed"] is True
+    tied = {**values, "panet": [0.31, 0.30, 0.32, 0.29, 0.33], "bifpn": [0.32, 0.31, 0.30, 0.33, 0.29]}
+    g = gate(summarize(_rows(tied)))
+    assert g["passed"] is False and g["worst_ok"] and not g["spread_ok"]
+    floor_not_worst = {**values, "nofusion": [0.28, 0.30, 0.29, 0.31, 0.27]}
+    assert gate(summarize(_rows(floor_not_worst)))["worst_ok"] is False
+    few = {n: v[:3] for n, v in values.items()}
+    assert gate(summarize(_rows(few)))["passed"] is None  # waiting for 5 seeds each
+
+
+def test_a_space_point_and_its_built_in_are_one_network_of_the_table():
+    """The table dedups by structure with ops: bifpn_edges' fpn point writes `fusion:
+    fast_normalized` on its one-input top node, the built-in `sum`; a node with one input
+    fuses nothing, so both are the same network -- and a real fusion change is not."""
+    from efficientdet_graph.graph import canonical_hash
+    from efficientdet_graph.passes import load_graph
+    from efficientdet_graph.search.reference import network_from_graph, space_networks
+
+    points = {n.name: n.key for n in space_networks("bifpn_edges", 0)}
+    for name in ("fpn", "panet", "bifpn"):
+        assert points[name] == network_from_graph(name, load_graph(name), 2, "graph").key, name
+    g = load_graph("fpn")
+    single = g.copy()
+    single.nodes["P7_out"]["fusion"] = "concat"  # one input: not fused
+    double = g.copy()
+    double.nodes["P6_out"]["fusion"] = "concat"  # two inputs: another network
+    assert canonical_hash(single) == canonical_hash(g) != canonical_hash(double)
