@@ -104,7 +104,6 @@ __all__ = [
     "SearchError",
     "ShapeError",
     "SpecError",
-    "TrainingDiverged",
     "__version__",
     "add_same_level_skips",
     "build_graph",

@@ -32,6 +32,7 @@ EXPECTED = {
 
 def test_public_api_is_exactly_what_all_lists():
     assert set(edg.__all__) == EXPECTED
+    assert len(edg.__all__) == len(set(edg.__all__)), [n for n in edg.__all__ if edg.__all__.count(n) > 1]
     for name in edg.__all__:
         assert hasattr(edg, name), name
 
@@ -39,6 +40,7 @@ def test_public_api_is_exactly_what_all_lists():
 @pytest.mark.parametrize("module", ["spec", "graph", "passes", "ops", "compile", "scale", "model", "profile", "train", "search", "cli"])
 def test_stage_modules_declare_all(module):
     mod = importlib.import_module(f"efficientdet_graph.{module}")
+    assert len(mod.__all__) == len(set(mod.__all__)), f"{module}.__all__ lists a name twice"
     for name in mod.__all__:
         assert hasattr(mod, name), f"{module}.{name}"
 

@@ -68,3 +68,15 @@ def test_scaler_equals_table_1_in_docs(phi):
     assert row.fusion == {"fast-normalized": "fast_normalized", "sum": "sum"}[r[6]]
     assert row.anchor_scale == (5.0 if "anchor scale 5.0" in r[7] else 4.0)
     assert row.levels == ((3, 8) if "P3–P8" in r[7] else (3, 7))
+
+
+def test_every_cited_results_file_is_in_the_repository():
+    """A measurement cited by path (``search/results/...``, ``results/...``,
+    ``benchmarks/results-...``) must be a committed file. A path a command is told to
+    write (``--results PATH``, ``--out PATH``, ``-o PATH``) is an instruction, not a citation."""
+    cited = re.compile(r"(--results\s+|--out\s+|-o\s+)?"
+                       r"\b((?:search/)?results/[\w.-]+\.(?:json|png|md)|benchmarks/results-[\w.-]+\.json)")
+    missing = sorted({f"{p.relative_to(ROOT)}: {m}" for p in _repo_text_files() if p.name != "test_docs.py"
+                      for flag, m in cited.findall(p.read_text(errors="ignore"))
+                      if not flag and not ((ROOT / m).exists() or (p.parent / m).exists())})  # or relative to the citing file
+    assert not missing, missing

@@ -244,7 +244,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _print_summary(result: dict) -> None:
     counts = result["counts"]
     order = ("done", "reused", "cached", "pruned", "over_budget", "rejected", "failed", "running", "waiting",
-             "stale", "requeued")
+             "stale", "interrupted", "requeued")
     parts = [f"{counts[k]} {k}" for k in order if counts.get(k)]
     print(f"study {result['study']!r}: {result['finished']}/{result['budget']} finished ({', '.join(parts) or 'none'})")
     if "best" in result:

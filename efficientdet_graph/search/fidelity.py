@@ -142,7 +142,7 @@ def timing_main(argv: Sequence[str]) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m efficientdet_graph.search.fidelity --timing")
     ap.add_argument("--timing", action="store_true")
-    ap.add_argument("--out", default="search/results/proxy_timing.json")
+    ap.add_argument("--out", default="runs/proxy_timing.json")  # not committed: see proxy.py
     ap.add_argument("--cache", default="runs/proxy-cache")
     ap.add_argument("--graphs", nargs="+", default=["fpn", "panet", "bifpn", "nasfpn"], choices=list(ARCHITECTURES))
     ap.add_argument("--repeats", type=int, default=3)

@@ -5,25 +5,28 @@ graph, its ``repeat`` unrolled, compiled with ``compile_graph``), the input adap
 that makes the levels above the backbone's top, and the class/box heads -- on
 backbone features computed once and cached on disk. The backbone is frozen.
 
-Choices, and the measurements behind them (``search/results/proxy_timing.json``,
-``search/results/fidelity.json``):
+Choices, and the measurements behind them (the committed ones are
+``search/results/fidelity.json`` and the ``summary`` of
+``search/results/search-bifpn_edges.json``; each holds its command, date and machine):
 
 * **Pre-trained, then frozen backbone.** No pretrained weights can be downloaded here,
   and a randomly initialised frozen backbone gives features a small feature network
   learns little from. So once per cache the whole detector (``pretrain_graph`` on the
   proxy backbone) is trained for ``pretrain_epochs`` epochs with the project's normal
   training loop (``efficientdet_graph.train.train``) on the proxy's own training split;
-  its backbone is then frozen and its features cached. The comparison with a random
-  frozen backbone (``pretrain_epochs=0``) on a BiFPN trial is written by
-  ``python -m efficientdet_graph.search.fidelity --timing`` to
-  ``search/results/proxy_timing.json`` (``backbone_choice``). Pre-training costs about
-  150 CPU-seconds once per cache (5 epochs, 512 images at 128 px, tinynet_e).
-* **Budget.** A BiFPN trial with the defaults (4 epochs x 32 steps of 32 samples, 32
-  channels, 128 px) took about 21-31 CPU-seconds on one thread (wall time on the shared,
-  loaded 2-core machine was 2-4x that); it reached mAP@0.5 0.18 after 4 epochs, rising
-  every epoch (0.07, 0.12, 0.16, 0.18). That is above the ~15 s target; shorter
-  schedules were not measured for ranking quality, so ``epochs`` (and ``train_images``)
-  are the knobs to turn first where trials must be cheaper.
+  its backbone is then frozen and its features cached. Building that cache (5 epochs,
+  512 images at 128 px, tinynet_e) took 699.5 s wall in ``fidelity.json``
+  (``cache_build_seconds``, a loaded 2-core machine). The comparison with a random
+  frozen backbone (``pretrain_epochs=0``) is what
+  ``python -m efficientdet_graph.search.fidelity --timing`` measures
+  (``backbone_choice`` in its output); no run of it is committed.
+* **Budget.** With the defaults (4 epochs x 32 steps of 32 samples, 32 channels,
+  128 px) a BiFPN trial took 70.2 s wall and FPN 18.3 s in ``fidelity.json`` (one
+  thread, loaded machine), and the 30-trial ``make search`` study's median trial took
+  26.8 s (``proxy_seconds_median``). BiFPN's mAP@0.5 rose every epoch (0.08, 0.12,
+  0.16, 0.17). That is above the ~15 s target; shorter schedules were not measured for
+  ranking quality, so ``epochs`` (and ``train_images``) are the knobs to turn first
+  where trials must be cheaper.
 * **What is cached.** Backbone outputs only (P3-P5 for a stride-32 backbone), for the
   training split, a horizontally flipped copy of it (free augmentation: an epoch sees
   both), and the validation split. Levels above the backbone's top (P6, P7, P8) come
@@ -31,7 +34,7 @@ Choices, and the measurements behind them (``search/results/proxy_timing.json``,
   is learned there when widths differ), exactly as in the full detector.
 * **The score** is COCO mAP@0.5 on the validation split (pycocotools, via
   ``coco_eval``): at proxy budgets mAP@[.5:.95] is small (0.07 against mAP@0.5 0.18
-  in the trial above), so mAP@0.5 carries more of the signal (both are returned).
+  for FPN in ``fidelity.json``), so mAP@0.5 carries more of the signal (both are returned).
 * **Deterministic.** Weights come from ``torch.manual_seed(seed)`` and the sample order
   from ``seeded_order(n, seed, epoch)``: the same graph and seed give the same result
   on one machine and thread count (CPU).
@@ -74,7 +77,7 @@ from ..train import (CocoDetection, LossConfig, TrainConfig, coco_eval, make_syn
                      train)
 from ..train.data import num_categories, seeded_order
 
-__all__ = ["ProxyConfig", "ProxyResult", "ProxyTask", "ProxyModel", "CACHE_FORMAT"]
+__all__ = ["ProxyConfig", "ProxyResult", "ProxyTask", "ProxyModel", "CACHE_FORMAT", "loader_workers"]
 
 CACHE_FORMAT = 1  # bump when the cache's content changes meaning
 
@@ -130,6 +133,12 @@ class ProxyConfig:
     #: detections kept per image (synthetic images hold at most 4 objects; 20 instead of
     #: COCO's 100 keeps the per-epoch evaluation cheap).
     max_detections: int = 20
+    #: DataLoader worker processes of the backbone pre-training; None: sized by the cores
+    #: left (``loader_workers``). Batches are the same with any count, so no result
+    #: depends on it (``RESULT_NEUTRAL``).
+    loader_workers: int | None = None
+
+    RESULT_NEUTRAL = ("loader_workers",)
 
     DATA_FIELDS = ("data", "backbone", "image_size", "train_images", "val_images", "classes", "data_seed",
                    "pretrain_epochs", "pretrain_graph", "pretrain_channels", "pretrained_backbone", "flip")
@@ -138,8 +147,8 @@ class ProxyConfig:
         for name in ("image_size", "channels", "batch_size", "train_images", "val_images", "classes"):
             if getattr(self, name) < 1:
                 raise EdgError(f"ProxyConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("epochs", "head_repeat", "pretrain_epochs"):
-            if getattr(self, name) < 0:
+        for name in ("epochs", "head_repeat", "pretrain_epochs", "loader_workers"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise EdgError(f"ProxyConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
             raise EdgError(f"ProxyConfig.lr must be > 0, got {self.lr}")
@@ -161,6 +170,15 @@ class ProxyResult:
     epochs: int
     seconds: float
     history: tuple[float, ...]
+
+
+def loader_workers(search_workers: int = 1, cores: int | None = None) -> int:
+    """DataLoader workers per search worker from the cores left over by the search
+    workers themselves: ``search_workers * loader_workers <= cores``, and at most 2
+    (the training default). On 2 cores: 1 search worker gets 1, 2 search workers get 0."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(2, (cores - search_workers) // max(1, search_workers)))
 
 
 class ProxyModel(nn.Module):
@@ -203,9 +221,11 @@ class ProxyTask:
     """Prepares data, the frozen backbone and its cached features once per ``cache_dir``
     and config fingerprint; ``evaluate(graph)`` then trains and scores one architecture."""
 
-    def __init__(self, config: ProxyConfig, cache_dir: str | os.PathLike):
+    def __init__(self, config: ProxyConfig, cache_dir: str | os.PathLike, search_workers: int = 1):
         self.config = config
         self.cache_dir = Path(cache_dir)
+        self.loader_workers = (config.loader_workers if config.loader_workers is not None
+                               else loader_workers(search_workers))
         fp = config.fingerprint()
         self.cache_path = self.cache_dir / f"proxy-{fp}.pt"
         self.builds_path = self.cache_dir / f"proxy-{fp}.builds.json"
@@ -290,9 +310,13 @@ class ProxyTask:
         out = work / "pretrain"
         batch = min(16, cfg.train_images)
         with torch.random.fork_rng(devices=[]):
-            train(TrainConfig(model=str(spec), data=str(root), out=str(out), epochs=cfg.pretrain_epochs,
-                              batch_size=batch, device="cpu", seed=cfg.data_seed, eval_every=10**9,
-                              quiet=True, ema_decay=0.99))
+            done = train(TrainConfig(model=str(spec), data=str(root), out=str(out), epochs=cfg.pretrain_epochs,
+                                     batch_size=batch, device="cpu", seed=cfg.data_seed, eval_every=10**9,
+                                     quiet=True, ema_decay=0.99, workers=self.loader_workers))
+        if "interrupted" in done:
+            # train() takes SIGTERM/SIGINT as "save and stop": a cut-short pre-training must
+            # not become the cache every later trial reads, and the worker must stop
+            raise KeyboardInterrupt(f"{done['interrupted']} while pre-training the proxy backbone")
         detector = load_model(out / "last.pt")
         backbone.load_state_dict(detector.backbone.state_dict())
         return backbone

@@ -1,32 +1,38 @@
-"""Where a study lives, and how a killed worker's trial gets back in the queue.
+"""Where a study lives, how its workers take turns, and how a dead worker's trial is found.
 
 * A journal file (the default, ``RUN/study.journal``): Optuna's append-only log; it
-  survives kills and several worker processes on one machine share it. Optuna 5 has
-  no heartbeat for it, so every worker stamps its trials with ``host:pid:start-time``
-  and, under a file lock, fails the RUNNING trials whose process is gone and enqueues
-  their parameters again (``edg_retry_of``).
-* PostgreSQL (or any SQLAlchemy URL): Optuna's heartbeat marks a dead worker's trial
-  FAIL after the grace period and ``RetryFailedTrialCallback`` enqueues it again;
-  workers on several machines run the same ``edg search run`` command.
+  survives kills and several worker processes on one machine share it. Optuna has no
+  heartbeat for it, so every worker stamps its trials with ``host:pid:start-time`` and a
+  RUNNING trial whose process is gone (or a zombie) is failed as ``stale``.
+* PostgreSQL (or any SQLAlchemy URL): Optuna's heartbeat; a trial whose worker missed
+  beats for the grace period is failed (Optuna leaves no ``edg_status``: it reads as
+  ``stale``). Workers on several machines run the same ``edg search run`` command.
+
+The retry itself is ours and the same on both (``study.requeue_lost``), done under
+``study_lock``: a file lock beside the journal, a PostgreSQL advisory lock on the
+database (so workers on several machines take turns too). Optuna's own retry callback
+is not used: two mechanisms would retry one trial twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import hashlib
 import os
 import socket
 import time
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import optuna
-from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from .._io import locked  # re-exported: the study's lock
+from .._io import locked
 from ..errors import SearchError
 
-__all__ = ["open_storage", "is_journal", "worker_stamp", "fail_dead_workers", "retry_of", "locked",
+__all__ = ["open_storage", "is_journal", "worker_stamp", "fail_dead_workers", "retry_of", "study_lock",
            "STALE_UNSTAMPED_S"]
 
 # A RUNNING trial that never got its worker stamp (killed within milliseconds of being
@@ -50,16 +56,14 @@ def open_storage(url: str | None, run_dir: Path, heartbeat: int | None = 10) -> 
     url = _with_driver(url)
     for attempt in range(4):
         try:
-            with warnings.catch_warnings():  # Optuna 5 calls the retry callback deprecated; it is still the mechanism
-                warnings.simplefilter("ignore", FutureWarning)
+            with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna's terms since 2.9
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 engine = {"pool_pre_ping": True} if not url.startswith("sqlite") else None
                 if heartbeat is None:  # the caller keeps liveness itself (search.jobs)
                     return optuna.storages.RDBStorage(url, engine_kwargs=engine)
-                return optuna.storages.RDBStorage(
-                    url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                    failed_trial_callback=RetryFailedTrialCallback(max_retry=3), engine_kwargs=engine,
-                )
+                # no stale-trial callback: the retry is ours (study.requeue_lost), as on the journal
+                return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                                                  engine_kwargs=engine)
         except Exception as e:
             # workers started together on an empty database race to create Optuna's
             # tables; the loser sees a duplicate-key error and finds them on a retry
@@ -104,13 +108,21 @@ def is_journal(storage: optuna.storages.BaseStorage) -> bool:
     return isinstance(storage, optuna.storages.JournalStorage)
 
 
-def _start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (so a reused pid is not taken for the old process)."""
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """The kernel's state letter and start time of ``pid`` (``/proc/PID/stat``), or None
+    when there is no such process. Readable for every user's processes."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rpartition(")")[2].split()[19]
+    fields = stat.rpartition(")")[2].split()  # the name in parentheses may hold spaces
+    return fields[0], fields[19]
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (so a reused pid is not taken for the old process)."""
+    stat = _proc_stat(pid)
+    return stat[1] if stat else None
 
 
 def worker_stamp() -> str:
@@ -119,35 +131,83 @@ def worker_stamp() -> str:
 
 
 def _alive(stamp: str) -> bool:
+    """Whether the worker process of ``stamp`` still runs. A zombie (killed, not yet
+    reaped by its parent) is dead, and so is a reused pid (another start time)."""
     host, _, rest = stamp.partition(":")
     pid_text, _, start = rest.partition(":")
     if host != socket.gethostname():
         return True  # another machine's worker: not ours to judge (use PostgreSQL across machines)
     try:
         pid = int(pid_text)
+    except ValueError:
+        return False
+    if Path("/proc/self/stat").exists():
+        stat = _proc_stat(pid)
+        if stat is None:
+            return False
+        state, now = stat
+        return state not in ("Z", "X", "x") and (start == "?" or now == start)
+    try:  # no /proc: signal 0 says only whether the pid exists
         os.kill(pid, 0)
-    except (ValueError, ProcessLookupError):
+    except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    now = _start_time(pid)
-    return start == "?" or now is None or now == start
+    return True
 
 
 def retry_of(trial: FrozenTrial) -> int | None:
     """The number of the trial this one re-runs (after its worker died), or None."""
     if "edg_retry_of" in trial.user_attrs:
         return int(trial.user_attrs["edg_retry_of"])
-    with warnings.catch_warnings():  # "experimental" since Optuna 2.8, and stable in use
-        warnings.simplefilter("ignore")
-        return RetryFailedTrialCallback.retried_trial_number(trial)
+    # studies run before our own retry: Optuna's retry callback left this system attribute
+    origin = trial.system_attrs.get("failed_trial")
+    return int(origin) if origin is not None else None
+
+
+def _lock_key(study_name: str) -> int:
+    """A signed 64-bit advisory-lock key for the study (PostgreSQL's bigint)."""
+    return int.from_bytes(hashlib.sha256(f"edg-study:{study_name}".encode()).digest()[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def study_lock(study: optuna.Study, run_dir: Path) -> Iterator[None]:
+    """Workers of ``study`` take turns in the block: an advisory lock held by this
+    process's database session on PostgreSQL (every machine sees it; the server drops it
+    with a dead worker's connection), a file lock in ``run_dir`` otherwise (journal and
+    SQLite are one machine's)."""
+    storage = study._storage
+    url = getattr(storage, "url", "")
+    if not url.startswith(("postgresql", "postgres")):
+        with locked(Path(run_dir) / ".study.lock"):
+            yield
+        return
+    from sqlalchemy import text
+
+    key = _lock_key(study.study_name)
+    with storage.engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        conn.commit()
+        try:
+            yield
+        finally:
+            try:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                conn.commit()
+            except Exception:  # a broken connection: drop it, and the server drops the lock with it
+                conn.invalidate()
 
 
 def fail_dead_workers(study: optuna.Study) -> list[int]:
-    """Journal storage: mark FAIL (``edg_status`` "stale") the RUNNING trials whose worker
-    process is gone. Returns their numbers; the caller requeues them."""
+    """Mark FAIL the RUNNING trials whose worker is gone; returns their numbers (the
+    caller requeues them). Journal: by the worker stamp (``edg_status`` "stale", with the
+    reason). Database: by Optuna's heartbeat (the grace period passed)."""
     if not is_journal(study._storage):
-        return []
+        with warnings.catch_warnings():  # "experimental" since Optuna 2.9, and the documented way
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+            optuna.storages.fail_stale_trials(study)
+        return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in before]
     now = _dt.datetime.now()
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -158,6 +218,7 @@ def fail_dead_workers(study: optuna.Study) -> list[int]:
                 continue
         elif _alive(stamp):
             continue
+        study._storage.set_trial_user_attr(t._trial_id, "edg_reason", f"its worker ({stamp or 'unknown'}) died")
         study._storage.set_trial_user_attr(t._trial_id, "edg_status", "stale")
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         failed.append(t.number)

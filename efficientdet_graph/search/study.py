@@ -12,6 +12,14 @@ trials after each proxy epoch).
 fills one; a re-run inherits its original's slot. Several workers (processes, or
 machines on PostgreSQL) fill the slots of one study together, and a study stops at
 exactly ``trials`` slots, each finished once.
+
+Faults: a trial whose worker died (killed, out of memory; on the journal found by its
+worker stamp, on PostgreSQL by the heartbeat) or whose training lost a process of its
+own (a DataLoader worker) is retried once with the same parameters; a second loss
+records it ``failed``. A candidate's own error (a shape error, a diverged loss) is
+recorded ``failed`` with its reason at once. A trial stopped by SIGTERM or Ctrl-C is
+``interrupted`` and run again, not counted as an attempt. A network is trained by one trial at a
+time: a trial that draws a network another trial is training waits for its result.
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -38,14 +48,23 @@ from .evolution import RegularizedEvolutionSampler
 from .mapping import Candidate, point_values, sample
 from .params import Choice, Distribution, FloatRange, IntRange, RecordingAsk
 from .space import SearchSpace, load_space
-from .storage import fail_dead_workers, locked, open_storage, retry_of, worker_stamp
+from .storage import fail_dead_workers, open_storage, retry_of, study_lock, worker_stamp
 
 __all__ = ["SAMPLERS", "StudyConfig", "open_study", "load_study", "run_worker", "run", "trial_status", "slots", "optuna_ask",
-           "make_sampler", "ResultCache", "requeue_lost", "best_trials", "summary"]
+           "make_sampler", "ResultCache", "requeue_lost", "best_trials", "summary", "MAX_ATTEMPTS"]
 
 SAMPLERS = ("random", "tpe", "nsga2", "evolution")
 PRUNERS = ("hyperband", "halving", "median", "none")
 FINISHED = {"done", "reused", "cached", "rejected", "over_budget", "failed", "pruned"}
+# trials that hold no slot: started after the budget was full, or gave theirs back
+# because the network they drew was being trained by a trial whose worker died
+NO_SLOT = {"surplus", "duplicate"}
+# runs of one slot's network before it is recorded failed: the first and one retry
+MAX_ATTEMPTS = 2
+# attempts that ended without a result and are run again: "stale" (its worker or a process
+# of its training died: counts as an attempt) and "interrupted" (SIGTERM, Ctrl-C: the
+# user's or the scheduler's doing, not the network's, so it does not count)
+LOST = ("stale", "interrupted")
 
 
 @dataclass(frozen=True)
@@ -71,6 +90,7 @@ class StudyConfig:
     heartbeat: int = 10
     population: int = 12
     quiet: bool = False
+    workers: int = 1  # local worker processes of this command (sizes the proxy's DataLoader workers)
 
     @property
     def study_name(self) -> str:
@@ -145,8 +165,11 @@ def _pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
 
 
 def _space_fingerprint(space: SearchSpace, cfg: StudyConfig) -> str:
+    from .proxy import ProxyConfig
+
+    proxy = [list(kv) for kv in cfg.proxy if kv[0] not in ProxyConfig.RESULT_NEUTRAL]
     text = json.dumps({"space": space.spec.model_dump(mode="json"), "graph": cfg.graph,
-                       "proxy": sorted(map(list, cfg.proxy)),
+                       "proxy": sorted(proxy),
                        "objective": cfg.objective, "max_flops": cfg.max_flops, "max_params": cfg.max_params},
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -183,7 +206,7 @@ def open_study(cfg: StudyConfig) -> tuple[optuna.Study, SearchSpace]:
         study.set_user_attr("edg_fingerprint", fp)
         study.set_user_attr("edg_space", space.name)
         study.set_user_attr("edg_metric", space.spec.metric)
-        study.set_user_attr("edg_config", {k: v for k, v in asdict(cfg).items() if k not in ("quiet", "proxy_cache")})
+        study.set_user_attr("edg_config", {k: v for k, v in asdict(cfg).items() if k not in LOCAL_SETTINGS})
         study.set_user_attr("edg_space_yaml", space.text[:200_000])
     elif attrs["edg_fingerprint"] != fp:
         was = attrs.get("edg_config", {})
@@ -195,10 +218,18 @@ def open_study(cfg: StudyConfig) -> tuple[optuna.Study, SearchSpace]:
         # and `status`/`best` should count against the budget it was last run with
         study.set_user_attr("edg_config", {**attrs.get("edg_config", {}), "trials": cfg.trials})
     if cfg.seed_points and not attrs.get("edg_seeded"):
-        study.set_user_attr("edg_seeded", True)
-        for name in space.spec.points:
-            study.enqueue_trial(point_values(space, name), user_attrs={"edg_point": name}, skip_if_exists=True)
+        # under the lock, and read again there: workers started together enqueue the seeds once
+        with study_lock(study, cfg.run_dir):
+            if not study.user_attrs.get("edg_seeded"):
+                for name in space.spec.points:
+                    study.enqueue_trial(point_values(space, name), user_attrs={"edg_point": name},
+                                        skip_if_exists=True)
+                study.set_user_attr("edg_seeded", True)
     return study, space
+
+
+# settings of one command, not of the study: neither stored nor compared
+LOCAL_SETTINGS = ("quiet", "proxy_cache", "workers")
 
 
 def load_study(out: str | os.PathLike, study_name: str | None = None,
@@ -219,7 +250,7 @@ def load_study(out: str | os.PathLike, study_name: str | None = None,
     study = optuna.load_study(study_name=name, storage=opened)
     saved = study.user_attrs.get("edg_config", {})
     cfg = StudyConfig(**{k: (tuple(tuple(x) for x in v) if k == "proxy" else v) for k, v in saved.items()
-                         if k in StudyConfig.__dataclass_fields__})
+                         if k in StudyConfig.__dataclass_fields__ and k not in LOCAL_SETTINGS})
     return study, cfg
 
 
@@ -287,8 +318,9 @@ def _coerce(annotation: Any, value: Any) -> Any:
 
 
 def trial_status(t: FrozenTrial) -> str:
-    """done / reused / cached / pruned / rejected / over_budget / failed / stale / surplus /
-    running / waiting."""
+    """done / reused / cached / pruned / rejected / over_budget / failed / stale (its worker
+    or a process of its training died: retried) / interrupted (retried) / surplus /
+    duplicate / running / waiting."""
     if t.state == TrialState.RUNNING:
         return "running"
     if t.state == TrialState.WAITING:
@@ -298,14 +330,14 @@ def trial_status(t: FrozenTrial) -> str:
     status = t.user_attrs.get("edg_status")
     if t.state == TrialState.COMPLETE:
         return status if status in ("done", "reused", "cached", "over_budget") else "done"
-    return status if status in ("rejected", "failed", "stale", "surplus") else "stale"
+    return status if status in ("rejected", "failed", *LOST, *NO_SLOT) else "stale"
 
 
 @dataclass
 class Slots:
     budget: int
     latest: dict[int, FrozenTrial] = field(default_factory=dict)  # slot -> its latest attempt
-    surplus: set[int] = field(default_factory=set)  # trial numbers beyond the budget
+    surplus: set[int] = field(default_factory=set)  # trial numbers holding no slot (NO_SLOT, or beyond the budget)
 
     def status(self, slot: int) -> str:
         return trial_status(self.latest[slot])
@@ -325,10 +357,15 @@ class Slots:
 
 def slots(trials: list[FrozenTrial], budget: int) -> Slots:
     """Assign trials to slots in number order: a re-run takes its original's slot, any
-    other trial the next free one, or none (surplus) once ``budget`` are taken."""
+    other trial the next free one, or none (surplus) once ``budget`` are taken. A trial
+    recorded as holding no slot (``NO_SLOT``) takes none, also when the budget is raised
+    later: its place is filled by a new trial."""
     out = Slots(budget)
     slot_of: dict[int, int] = {}
     for t in sorted(trials, key=lambda t: t.number):
+        if t.user_attrs.get("edg_status") in NO_SLOT:
+            out.surplus.add(t.number)
+            continue
         origin = retry_of(t)
         if origin is not None and origin in slot_of:
             slot = slot_of[origin]
@@ -402,14 +439,15 @@ class Evaluator:
 
     def fingerprint(self, cand: Candidate) -> str:
         cfg = self.config_for(cand)
-        return hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        settings = {k: v for k, v in asdict(cfg).items() if k not in cfg.RESULT_NEUTRAL}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def evaluate(self, cand: Candidate, report: Callable[[int, float], None] | None):
         from .proxy import ProxyTask
 
         cfg = self.config_for(cand)
         if cfg.image_size not in self.tasks:
-            self.tasks[cfg.image_size] = ProxyTask(cfg, self.cfg.proxy_cache_dir)
+            self.tasks[cfg.image_size] = ProxyTask(cfg, self.cfg.proxy_cache_dir, search_workers=self.cfg.workers)
         return self.tasks[cfg.image_size].evaluate(cand.stacked(), channels=cfg.channels, seed=self.base.seed,
                                                    report=report)
 
@@ -433,9 +471,22 @@ def _objective(study: optuna.Study, space: SearchSpace, cfg: StudyConfig, evalua
     none = (math.nan, math.nan) if multi else math.nan
 
     def objective(trial: optuna.Trial):
+        try:
+            return attempt_trial(trial)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (run_worker): run again, not counted as an attempt
+            trial.set_user_attr("edg_status", "interrupted")
+            raise
+
+    def attempt_trial(trial: optuna.Trial):
         trial.set_user_attr("edg_worker", stamp)
         if trial.number in slots(study.get_trials(deepcopy=False), cfg.trials).surplus:
             finish(trial, "surplus")
+            return none
+        attempt = int(trial.user_attrs.get("edg_attempt", 1))
+        if attempt > MAX_ATTEMPTS:
+            # the retry of a retry: this network's runs lost their worker every time
+            finish(trial, "failed", reason=f"lost its worker or a process of its training {attempt - 1} times "
+                                           "(killed, or out of memory); not run again")
             return none
         rec = RecordingAsk(optuna_ask(trial))
         try:
@@ -468,13 +519,25 @@ def _objective(study: optuna.Study, space: SearchSpace, cfg: StudyConfig, evalua
         trial.set_user_attr("edg_graph", graph_to_yaml(named))
         trial.set_user_attr("edg_constraints", violations)
         if any(v > 0 for v in violations):
+            trial.set_user_attr("edg_key", key)
             finish(trial, "over_budget", metric=0.0)
             return values(0.0, cost.flops)
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.user_attrs.get("edg_key") == key and t.user_attrs.get("edg_status") in ("done", "cached"):
-                finish(trial, "reused", reused_from=t.number, metric=t.user_attrs["edg_metric"],
-                       map=t.user_attrs.get("edg_map"), map50=t.user_attrs.get("edg_map50"))
-                return values(t.user_attrs["edg_metric"], cost.flops)
+        earlier = _claim(study, cfg, trial, key)
+        if earlier is not None:
+            trial.set_user_attr("edg_key", key)
+            st = trial_status(earlier)
+            if st in ("done", "cached"):
+                finish(trial, "reused", reused_from=earlier.number, metric=earlier.user_attrs["edg_metric"],
+                       map=earlier.user_attrs.get("edg_map"), map50=earlier.user_attrs.get("edg_map50"))
+                return values(earlier.user_attrs["edg_metric"], cost.flops)
+            if st == "failed":  # the same network with the same seed fails the same way
+                finish(trial, "failed", reused_from=earlier.number,
+                       reason=f"the same network as trial {earlier.number}: {earlier.user_attrs.get('edg_reason', '')}")
+                return none
+            # its worker died: the retry of that trial evaluates the network; this trial gives its slot back
+            finish(trial, "duplicate", reason=f"the same network as trial {earlier.number}, whose worker died; "
+                                             "its retry evaluates it")
+            return none
         fingerprint = evaluator.fingerprint(cand)
         hit = cache.get(fingerprint, key)
         if hit is not None:
@@ -493,11 +556,17 @@ def _objective(study: optuna.Study, space: SearchSpace, cfg: StudyConfig, evalua
             result = evaluator.evaluate(cand, report if not multi else None)
         except optuna.TrialPruned:
             raise
-        except EdgError as e:
+        except EdgError as e:  # the candidate's own failure: a shape error, a diverged loss
             finish(trial, "failed", reason=str(e))
             return none
-        except (RuntimeError, ValueError) as e:  # a network that cannot train (e.g. out of memory)
-            finish(trial, "failed", reason=f"{type(e).__name__}: {str(e)[:300]}")
+        except Exception as e:
+            reason = f"{type(e).__name__}: {str(e)[:300]}"
+            if not _lost_a_process(e):  # the candidate's own failure too: not retried
+                finish(trial, "failed", reason=reason)
+            elif attempt < MAX_ATTEMPTS:  # FAIL as "stale": requeue_lost gives it another attempt
+                finish(trial, "stale", reason=reason)
+            else:
+                finish(trial, "failed", reason=f"{reason} (attempt {attempt} of {MAX_ATTEMPTS}; not retried again)")
             return none
         score = float(getattr(result, metric))
         found = {"metric": score, "map": result.map, "map50": result.map50, "epochs": result.epochs,
@@ -509,21 +578,69 @@ def _objective(study: optuna.Study, space: SearchSpace, cfg: StudyConfig, evalua
     return objective
 
 
+def _lost_a_process(e: BaseException) -> bool:
+    """Whether the trial failed because the machine took something from it -- a DataLoader
+    worker killed (the out-of-memory killer's usual victim) or memory running out --
+    rather than because of the network: worth one more attempt."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError
+        return True
+    text = str(e)
+    # torch's words for a dead loader process (torch/utils/data/dataloader.py, _utils/signal_handling.py)
+    return isinstance(e, RuntimeError) and "DataLoader worker" in text and (
+        "killed by signal" in text or "exited unexpectedly" in text)
+
+
+def _claim(study: optuna.Study, cfg: StudyConfig, trial: optuna.Trial, key: str,
+           poll: float = 1.0) -> FrozenTrial | None:
+    """Make ``trial`` the one that trains network ``key``, or return the trial that
+    settled it: one that evaluated it (done, cached) or failed on it, or that was
+    training it when its worker died. While another trial trains it, wait (checking
+    for dead workers meanwhile): two workers never train one network at once."""
+    while True:
+        with study_lock(study, cfg.run_dir):
+            trials = study.get_trials(deepcopy=False)
+            training = None
+            for t in trials:
+                if t.number == trial.number or t.user_attrs.get("edg_key") != key:
+                    continue
+                if t.state == TrialState.COMPLETE and trial_status(t) in ("done", "cached"):
+                    return t
+                if t.state == TrialState.FAIL and trial_status(t) == "failed":
+                    return t
+                if t.state == TrialState.RUNNING and "edg_status" not in t.user_attrs:
+                    training = t
+            if training is None:
+                trial.set_user_attr("edg_key", key)  # the claim, made under the lock
+                return None
+        while True:  # wait for the trial that trains it
+            time.sleep(poll)
+            requeue_lost(study, cfg)
+            now = study._storage.get_trial(training._trial_id)
+            if now.state != TrialState.RUNNING:
+                break
+        if trial_status(now) in LOST:
+            return now
+
+
 # ---------------------------------------------------------------------------- workers
 
 
 def requeue_lost(study: optuna.Study, cfg: StudyConfig) -> list[int]:
-    """Give every slot whose latest attempt died (its worker was killed or interrupted)
-    a new attempt with the same parameters. Returns the numbers of the trials requeued."""
+    """Give every slot whose latest attempt died (its worker was killed or interrupted, or
+    its training lost a process) a new attempt with the same parameters, once per dead
+    attempt: under the study lock, which every worker of the study takes. An attempt
+    past ``MAX_ATTEMPTS`` records the slot failed without training. Returns the numbers
+    of the trials requeued."""
     requeued = []
-    with locked(cfg.run_dir / ".study.lock"):
+    with study_lock(study, cfg.run_dir):
         fail_dead_workers(study)
         trials = study.get_trials(deepcopy=False)
         retried = {retry_of(t) for t in trials}
         s = slots(trials, cfg.trials)
         for t in s.latest.values():
-            if t.state == TrialState.FAIL and trial_status(t) == "stale" and t.number not in retried:
-                study.enqueue_trial(dict(t.params), user_attrs={"edg_retry_of": t.number})
+            if t.state == TrialState.FAIL and trial_status(t) in LOST and t.number not in retried:
+                attempt = int(t.user_attrs.get("edg_attempt", 1)) + (trial_status(t) == "stale")
+                study.enqueue_trial(dict(t.params), user_attrs={"edg_retry_of": t.number, "edg_attempt": attempt})
                 requeued.append(t.number)
     return requeued
 
@@ -574,8 +691,24 @@ def _dominates(a: FrozenTrial, b: FrozenTrial) -> bool:
     return am >= bm and af <= bf and (am > bm or af < bf)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run_worker(cfg: StudyConfig, log: Callable[[str], None] | None = None, poll: float = 2.0) -> dict:
-    """Take trials of the study until all its slots are finished; returns the counts."""
+    """Take trials of the study until all its slots are finished; returns the counts.
+    SIGTERM (how schedulers stop a job) is taken as Ctrl-C: the running trial is recorded
+    ``interrupted`` and run again by the study's next worker."""
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _interrupt) if main else None
+    try:
+        return _take_trials(cfg, log, poll)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _take_trials(cfg: StudyConfig, log: Callable[[str], None] | None, poll: float) -> dict:
     say = log or (lambda text: None if cfg.quiet else print(text, flush=True))
     study, space = open_study(cfg)
     evaluator = Evaluator(space, cfg)
@@ -593,15 +726,13 @@ def run_worker(cfg: StudyConfig, log: Callable[[str], None] | None = None, poll:
         waiting = any(t.state == TrialState.WAITING for t in trials)
         if s.open <= 0 and not waiting:
             # every slot is taken and some still run elsewhere: wait for them (or for a
-            # dead worker's trial to be requeued)
-            if not isinstance(study._storage, optuna.storages.JournalStorage):
-                optuna.storages.fail_stale_trials(study)
+            # dead worker's trial to be requeued by requeue_lost above)
             time.sleep(poll)
             continue
-        before = {t.number for t in trials}
+        before = {t.number for t in trials if t.state.is_finished()}  # a requeued trial existed, waiting
         study.optimize(objective, n_trials=1, gc_after_trial=False, show_progress_bar=False)
         ran += 1
-        mine = [t for t in study.get_trials(deepcopy=False) if t.number not in before
+        mine = [t for t in study.get_trials(deepcopy=False) if t.number not in before and t.state.is_finished()
                 and t.user_attrs.get("edg_worker") == worker_stamp()]
         say(_line(study, cfg, mine[-1] if mine else None, started))
     return summary(study, cfg) | {"trials_this_worker": ran}
@@ -637,22 +768,86 @@ def _worker_entry(cfg: StudyConfig) -> None:
     except EdgError as e:
         print(f"worker {os.getpid()}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C reaches every worker of the terminal: no traceback from each
+        sys.exit(130)
+
+
+class _Workers:
+    """The extra local worker processes of ``run``. A thread reaps each one that exits
+    (a killed child must not stay a zombie, whose pid looks alive) and starts a new
+    worker for one killed by a signal, up to one replacement per extra worker in all:
+    its trial is retried by ``requeue_lost``, and the study keeps its workers."""
+
+    def __init__(self, cfg: StudyConfig, extra: int, say: Callable[[str], None]):
+        self.cfg, self.say = cfg, say
+        self.ctx = multiprocessing.get_context("spawn")
+        self.started = 0
+        self.replacements_left = extra
+        self.procs = [self._start() for _ in range(extra)]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _start(self) -> multiprocessing.Process:
+        self.started += 1
+        # each worker draws from its own seed, or they would all propose the same points
+        p = self.ctx.Process(target=_worker_entry, args=(replace(self.cfg, seed=self.cfg.seed + 7919 * self.started),),
+                             daemon=False)
+        p.start()
+        return p
+
+    def _watch(self, every: float = 1.0) -> None:
+        while not self._stop.wait(every):
+            for i, p in enumerate(self.procs):
+                if p.is_alive() or p.exitcode is None or p.exitcode >= 0:  # is_alive() reaps an exited child
+                    continue
+                if self.replacements_left > 0 and not self._stop.is_set():
+                    self.replacements_left -= 1
+                    self.procs[i] = self._start()
+                    self.say(f"worker {p.pid} was killed (signal {-p.exitcode}): its trial is retried; "
+                             f"started worker {self.procs[i].pid} in its place")
+                else:
+                    self.say(f"worker {p.pid} was killed (signal {-p.exitcode}): its trial is retried")
+                    self.procs[i] = _Reaped(p.pid)
+
+    def join(self, stop: bool = False) -> None:
+        """Wait for the workers (they end with the study), or ``stop`` them first (SIGTERM:
+        each records its trial ``interrupted``)."""
+        self._stop.set()
+        self._thread.join()
+        for p in self.procs:
+            if stop and p.is_alive():
+                p.terminate()
+        for p in self.procs:
+            p.join()
+
+
+class _Reaped:
+    """A killed worker already reported and not replaced."""
+
+    def __init__(self, pid: int):
+        self.pid, self.exitcode = pid, 0
+
+    def is_alive(self) -> bool:
+        return False
+
+    def join(self) -> None:
+        pass
 
 
 def run(cfg: StudyConfig, workers: int = 1, log: Callable[[str], None] | None = None) -> dict:
     """Run the study with ``workers`` local processes (this one and ``workers - 1`` more)."""
     if not 1 <= workers <= 64:
         raise SearchError(f"--workers {workers}: allowed 1..64")
+    cfg = replace(cfg, workers=workers)
     open_study(cfg)  # create it (and enqueue the seeds) once, before the workers race
-    ctx = multiprocessing.get_context("spawn")
-    # each extra worker draws from its own seed, or they would all propose the same points
-    procs = [ctx.Process(target=_worker_entry, args=(replace(cfg, seed=cfg.seed + 7919 * (i + 1)),), daemon=False)
-             for i in range(workers - 1)]
-    for p in procs:
-        p.start()
+    say = log or (lambda text: None if cfg.quiet else print(text, flush=True))
+    extra = _Workers(cfg, workers - 1, say) if workers > 1 else None
+    stopped = True
     try:
         result = run_worker(cfg, log)
+        stopped = False
     finally:
-        for p in procs:
-            p.join()
+        if extra is not None:
+            extra.join(stop=stopped)  # an error or an interrupt here stops the other workers too
     return result
