@@ -14,7 +14,7 @@ from efficientdet_graph.cli import main
 from efficientdet_graph.model import create_model, load_model
 from efficientdet_graph.profile import model_cost, profile_model
 from efficientdet_graph.train import make_synthetic
-from efficientdet_graph.train.ablation import plan_scales
+from efficientdet_graph.search.ablation import plan_scales
 from efficientdet_graph.train.progress import MetricsLog
 
 # one epoch of one step on 8 images of 64 px, no loader processes: seconds per run

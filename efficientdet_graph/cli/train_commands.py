@@ -273,7 +273,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from .._io import atomic_write_text
-    from ..train import ablation as ab
+    from ..search import ablation as ab
     from ..train.loop import _device
 
     requirements = _requirements(args)

@@ -53,7 +53,7 @@ def plan_scales(model: str, graphs: Sequence[str], match: str = "none", toleranc
     (``"flops"``) or width first (``"width"``), as ``search.compare.matched_scale`` picks it."""
     from ..profile import graph_cost
     from ..profile.analytic import feature_inputs
-    from ..search.compare import matched_scale
+    from .compare import matched_scale
 
     if match not in MATCHES:
         raise ConfigError(f"--match must be one of {', '.join(MATCHES)}, got {match!r}")
@@ -82,7 +82,7 @@ def run_dir(out: Path, graph: str, seed: int, per_seed: bool) -> Path:
 def final_record(run: Path, epochs: int) -> dict | None:
     """The metrics line of a run's last epoch (its validation figures), when the run has
     its checkpoint and got there; ``None`` for a run not started, stopped, or shorter."""
-    from .progress import MetricsLog
+    from ..train.progress import MetricsLog
 
     if not (run / "last.pt").exists():
         return None
@@ -113,7 +113,7 @@ def scored_on_test(run: Path, data: str, step: int, batch_size: int, device: str
     ``RUN/test.json`` for the checkpoint's step so that a resumed ablation does not
     evaluate again (``run_one`` removes it before it trains)."""
     from ..model import load_model
-    from .evaluate import evaluate
+    from ..train.evaluate import evaluate
 
     cache = run / "test.json"
     if cache.exists():
@@ -135,7 +135,7 @@ def run_one(cfg: Any, scale: Scale, with_test: bool, device: str, say: Callable[
     the repeat and width its network has (``cfg`` trains it at that scale)."""
     from dataclasses import replace
 
-    from .loop import train
+    from ..train.loop import train
 
     run = Path(cfg.out)
     end = None
@@ -200,7 +200,7 @@ def graph_rows(scales: Sequence[Scale], runs: Sequence[dict], profiles: dict[str
     values, mean, sample SD and min/max on val (and test); ``map``/``map50`` at the top are
     the means, which ``--require`` checks. ``runs``: one dict per (graph, seed) with
     ``graph``, ``seed``, ``dir``, ``val``, ``test``, ``img_per_s``."""
-    from ..search.reference import summarize
+    from .reference import summarize
 
     per_run = [{"network": r["graph"], "key": r["graph"], "source": "graph", "repeat": 0, "seed": r["seed"],
                 "val": r["val"], "test": r["test"]} for r in runs]
@@ -262,7 +262,7 @@ def table_markdown(rows: Sequence[dict], title: str) -> str:
 
 def seed_noise(rows: Sequence[dict], split: str = "val", metric: str = "map50") -> float | None:
     """The seed SD the graphs share (pooled over graphs with two or more seeds)."""
-    from ..search.reference import pooled_sd
+    from .reference import pooled_sd
 
     groups = [[v for v in r[split][metric]["values"] if v is not None] for r in rows if split in r]
     sd = pooled_sd(groups)
