@@ -40,8 +40,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from .._io import locked
-from .storage import _alive, is_journal, open_storage, worker_stamp
+from .storage import _alive, open_storage, study_lock, worker_stamp
 
 __all__ = ["Job", "JobQueue"]
 
@@ -77,7 +76,6 @@ class JobQueue:
             warnings.simplefilter("ignore")
             self.study = optuna.create_study(storage=self.storage, study_name=name, load_if_exists=True,
                                              direction="maximize")
-        self._lock_path = self.run_dir / f".{name}.lock"
 
     # ------------------------------------------------------------------------ adding
 
@@ -104,11 +102,9 @@ class JobQueue:
         self.study.enqueue_trial({}, user_attrs=attrs)
 
     def _guard(self):
-        """A file lock where all workers share a machine (the journal); on a database,
-        the claim-time duplicate rule covers processes on other machines."""
-        import contextlib
-
-        return locked(self._lock_path) if is_journal(self.storage) else contextlib.nullcontext()
+        """The study's lock: a file lock on the journal (one machine), an advisory lock on
+        PostgreSQL (every machine); the claim-time duplicate rule is the second line."""
+        return study_lock(self.study, self.run_dir)
 
     # ------------------------------------------------------------------------ claiming
 
