@@ -116,6 +116,50 @@ def test_two_builders_share_the_jobs_without_duplicates(data, tmp_path):
     assert workers <= {str(p.pid) for p in procs}
 
 
+def _pg_trials(url: str) -> list:
+    storage = optuna.storages.RDBStorage(url.replace("postgresql://", "postgresql+psycopg2://"))
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(deepcopy=False)
+
+
+def test_two_machines_on_postgresql_one_killed_every_job_once(data, tmp_path, postgres):
+    """Two builders with their own folders ("machines") on one PostgreSQL server; one is
+    SIGKILLed mid-job: the other takes the job over once its heartbeat is stale."""
+    cmd = lambda out: _command(data, out, "--storage", postgres)  # noqa: E731
+    a = subprocess.Popen(cmd(tmp_path / "a"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    b = subprocess.Popen(cmd(tmp_path / "b"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env=_env())
+    try:
+        end, killed = time.time() + 120, None
+        while killed is None and time.time() < end:
+            try:
+                killed = next((t.number for t in _pg_trials(postgres) if t.state == TrialState.RUNNING
+                               and f":{a.pid}:" in t.user_attrs.get("edg_worker", "")), None)
+            except ValueError:  # the study is being created
+                pass
+            time.sleep(0.05)
+        assert killed is not None, "the first builder never ran a job"
+        os.kill(a.pid, signal.SIGKILL)
+        _, err = b.communicate(timeout=300)
+        assert b.returncode == 0, err[-2000:]
+    finally:
+        for p in (a, b):
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    trials = _pg_trials(postgres)
+    # the two builders added the same 6 jobs at once: under PostgreSQL's advisory lock they
+    # took turns, so no job was queued twice (the claim-time rule would only clean up after)
+    assert not [t for t in trials if t.user_attrs.get("edg_status") == "duplicate"]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    keys = [t.user_attrs["edg_key"] for t in complete]
+    assert len(keys) == 6 and len(set(keys)) == 6
+    (lost,) = [t for t in trials if t.state == TrialState.FAIL]
+    assert lost.number == killed and lost.user_attrs["edg_status"] == "lost"
+    (retry,) = [t for t in complete if t.user_attrs.get("edg_retry_of") == killed]
+    assert retry.user_attrs["edg_attempt"] == 2
+
+
 def _rows(values: dict[str, list[float]]) -> list[dict]:
     return [{"network": n, "key": n, "source": "graph", "repeat": 1, "seed": s, "val": {"map50": v},
              "test": {"map50": v}, "wall_s": 1.0} for n, vs in values.items() for s, v in enumerate(vs)]

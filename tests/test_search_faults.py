@@ -25,7 +25,7 @@ from efficientdet_graph._io import locked
 from efficientdet_graph.search.storage import _alive, retry_of
 from efficientdet_graph.search.study import slots, trial_status
 from test_search_storage import (_await_trial, _check_study, _command, _env, _journal, _kill_mid_trial,  # noqa: F401
-                                 _run, _run_dir, _training, _trials, postgres, proxy_cache)
+                                 _run, _run_dir, _training, _trials, proxy_cache)
 
 
 def _end(proc: subprocess.Popen, timeout: float) -> str:

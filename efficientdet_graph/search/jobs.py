@@ -13,8 +13,8 @@ machines), one Optuna trial per job:
   live one runs; the others are closed as ``duplicate`` when claimed.
 * **liveness**: the claiming worker stamps ``host:pid:start`` and a heartbeat time
   (``edg_beat``, refreshed by a thread). A RUNNING job is lost when its process is gone
-  (same host: checked at once) or its heartbeat is older than the grace period (any
-  host). A worker that finds a lost job fails it and adds it again (``edg_attempt`` + 1,
+  (journal: one machine, checked at once) or its heartbeat is older than the grace
+  period (any storage, any host). A worker that finds a lost job fails it and adds it again (``edg_attempt`` + 1,
   at most ``max_attempts`` in all); failing a finished trial raises in both storages,
   so two workers that find the same lost job requeue it once.
 * **errors**: a job that raises (a diverged training, a bad graph) is its own failure,
@@ -40,7 +40,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from .storage import _alive, open_storage, study_lock, worker_stamp
+from .storage import _alive, is_journal, open_storage, study_lock, worker_stamp
 
 __all__ = ["Job", "JobQueue"]
 
@@ -72,6 +72,7 @@ class JobQueue:
         url = storage if storage is not None else str(self.run_dir / "jobs.journal")
         # no heartbeat of Optuna's own: our liveness check is the one retry mechanism
         self.storage = open_storage(url, self.run_dir, heartbeat=None)
+        self._local = is_journal(self.storage)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.study = optuna.create_study(storage=self.storage, study_name=name, load_if_exists=True,
@@ -157,7 +158,10 @@ class JobQueue:
     def _lost(self, t: FrozenTrial, now: float) -> bool:
         stamp = t.user_attrs.get("edg_worker")
         beat = t.user_attrs.get("edg_beat")
-        if stamp is not None and stamp.partition(":")[0] == socket.gethostname() and not _alive(stamp):
+        # the pid check only where every worker is on this machine (the journal): on a
+        # database, two containers may share a host name, and only the heartbeat is safe
+        if self._local and stamp is not None and stamp.partition(":")[0] == socket.gethostname() \
+                and not _alive(stamp):
             return True
         if beat is not None:
             return now - float(beat) > self.grace

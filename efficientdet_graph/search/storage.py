@@ -176,7 +176,8 @@ def study_lock(study: optuna.Study, run_dir: Path) -> Iterator[None]:
     process's database session on PostgreSQL (every machine sees it; the server drops it
     with a dead worker's connection), a file lock in ``run_dir`` otherwise (journal and
     SQLite are one machine's)."""
-    storage = study._storage
+    # a study holds an RDB storage inside Optuna's cache wrapper, which has no url or engine
+    storage = getattr(study._storage, "_backend", study._storage)
     url = getattr(storage, "url", "")
     if not url.startswith(("postgresql", "postgres")):
         with locked(Path(run_dir) / ".study.lock"):
