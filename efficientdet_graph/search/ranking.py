@@ -200,8 +200,10 @@ def fidelity(reference_table_rows: Sequence[Mapping], proxy_scores: Mapping[str,
     empty = [n for n in names if n not in usable]
     if empty:
         raise SearchError(f"no {split} scores in the reference table for: {', '.join(empty)}")
-    if len(names) < max(4, k):
-        raise SearchError(f"{len(names)} networks to compare; a ranking needs at least {max(4, k)}")
+    if len(names) < 4:
+        raise SearchError(f"{len(names)} networks to compare ({', '.join(names) or 'none'}); a ranking needs at least 4")
+    if k > len(names):
+        raise SearchError(f"top-{k} recall needs at least {k} networks; there are {len(names)}")
     seeds = [[float(v) for v in rows[n][split]["values"]] for n in names]
     means = np.array([float(np.mean(s)) for s in seeds])
     rankings: dict[str, np.ndarray] = {}
