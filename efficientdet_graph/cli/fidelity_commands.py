@@ -83,8 +83,9 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     from .._io import atomic_write_text
     from ..search.ranking import fidelity, judge
 
-    if args.n_boot < 1 or args.top_k < 1:
-        raise SearchError(f"--n-boot and --top-k must be >= 1, got {args.n_boot} and {args.top_k}")
+    # the resamples are drawn at once (n_boot x networks x seeds numbers): keep that in memory
+    if not (1 <= args.n_boot <= 100_000 and args.top_k >= 1):
+        raise SearchError(f"--n-boot must be 1..100000 and --top-k >= 1, got {args.n_boot} and {args.top_k}")
     table = _table(_read_json(args.reference, "reference"), args.reference, args.metric)
     scores = _scores(args.scores) if args.scores else None
     try:
