@@ -126,6 +126,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from .reference_commands import register_search
 
     register_search(s)
+    from .fidelity_commands import register_search as register_fidelity
+
+    register_fidelity(s)
 
 
 def _study_args(q: argparse.ArgumentParser) -> None:

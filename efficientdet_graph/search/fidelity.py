@@ -38,6 +38,7 @@ import networkx as nx
 from .._io import atomic_write_text
 from ..passes import load_graph
 from .proxy import ProxyConfig, ProxyTask
+from .ranking import kendall_tau_b  # re-exported: its home is the ranking statistics module
 
 __all__ = ["ARCHITECTURES", "kendall_tau_b", "architecture", "long_config", "main"]
 
@@ -57,33 +58,6 @@ ARCHITECTURES: dict[str, tuple[str, str | None, int]] = {
 }
 
 THRESHOLD = 0.4
-
-
-def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b: (concordant - discordant) / sqrt((n0 - ties_x) (n0 - ties_y)),
-    n0 = n (n - 1) / 2; pairs tied in both count in neither tie term's complement.
-    NaN when either side is constant."""
-    if len(x) != len(y):
-        raise ValueError("x and y must have the same length")
-    concordant = discordant = ties_x = ties_y = 0
-    n = len(x)
-    for i in range(n):
-        for j in range(i + 1, n):
-            dx, dy = x[i] - x[j], y[i] - y[j]
-            if dx == 0 and dy == 0:
-                ties_x += 1
-                ties_y += 1
-            elif dx == 0:
-                ties_x += 1
-            elif dy == 0:
-                ties_y += 1
-            elif (dx > 0) == (dy > 0):
-                concordant += 1
-            else:
-                discordant += 1
-    n0 = n * (n - 1) // 2
-    denom = math.sqrt((n0 - ties_x) * (n0 - ties_y))
-    return (concordant - discordant) / denom if denom else float("nan")
 
 
 def architecture(name: str) -> nx.DiGraph:
