@@ -116,8 +116,7 @@ def test_two_builders_share_the_jobs_without_duplicates(data, tmp_path):
     assert workers <= {str(p.pid) for p in procs}
 
 
-def _pg_trials(url: str) -> list:
-    storage = optuna.storages.RDBStorage(url.replace("postgresql://", "postgresql+psycopg2://"))
+def _pg_trials(storage) -> list:
     (summary,) = optuna.get_all_study_summaries(storage)
     return optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(deepcopy=False)
 
@@ -126,6 +125,9 @@ def test_two_machines_on_postgresql_one_killed_every_job_once(data, tmp_path, po
     """Two builders with their own folders ("machines") on one PostgreSQL server; one is
     SIGKILLed mid-job: the other takes the job over once its heartbeat is stale."""
     cmd = lambda out: _command(data, out, "--storage", postgres)  # noqa: E731
+    # one storage (one connection pool) for all the polling below: a new one per poll
+    # leaves its connections open and runs the server out of clients
+    storage = optuna.storages.RDBStorage(postgres.replace("postgresql://", "postgresql+psycopg2://"))
     a = subprocess.Popen(cmd(tmp_path / "a"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     b = subprocess.Popen(cmd(tmp_path / "b"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                          env=_env())
@@ -133,7 +135,7 @@ def test_two_machines_on_postgresql_one_killed_every_job_once(data, tmp_path, po
         end, killed = time.time() + 120, None
         while killed is None and time.time() < end:
             try:
-                killed = next((t.number for t in _pg_trials(postgres) if t.state == TrialState.RUNNING
+                killed = next((t.number for t in _pg_trials(storage) if t.state == TrialState.RUNNING
                                and f":{a.pid}:" in t.user_attrs.get("edg_worker", "")), None)
             except ValueError:  # the study is being created
                 pass
@@ -147,7 +149,8 @@ def test_two_machines_on_postgresql_one_killed_every_job_once(data, tmp_path, po
             if p.poll() is None:
                 p.kill()
             p.wait()
-    trials = _pg_trials(postgres)
+    trials = _pg_trials(storage)
+    storage.engine.dispose()
     # the two builders added the same 6 jobs at once: under PostgreSQL's advisory lock they
     # took turns, so no job was queued twice (the claim-time rule would only clean up after)
     assert not [t for t in trials if t.user_attrs.get("edg_status") == "duplicate"]
