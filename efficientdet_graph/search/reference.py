@@ -59,9 +59,12 @@ class Schedule:
     # No pretrained weights can be downloaded here, and a backbone trained from scratch in a
     # few minutes learns too little for necks to differ (measured: docs/reference-table.md).
     # So, as a user starts from ImageNet weights, every job starts from one backbone trained
-    # once per table on the train split -- with the no-fusion neck, so that no fusing
-    # topology is favoured -- and then trains everything, backbone included.
+    # once per table on the train split, then trains everything, backbone included.
+    # "classify": multi-label classification of the classes in each image (no neck at all);
+    # "detect": inside a detector with `pretrain_graph` as its neck -- measured to favour
+    # that neck (the no-fusion neck then beat every fusing one), kept for comparison.
     pretrain_epochs: int = 10
+    pretrain_task: str = "classify"
     pretrain_graph: str = "nofusion"
 
     def __post_init__(self) -> None:
@@ -70,6 +73,8 @@ class Schedule:
                 raise ConfigError(f"schedule {name} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"schedule lr must be a positive number, got {self.lr}")
+        if self.pretrain_task not in ("classify", "detect"):
+            raise ConfigError(f"schedule pretrain_task must be classify or detect, got {self.pretrain_task!r}")
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
@@ -177,6 +182,8 @@ def pretrained_backbone(out: Path, data: str, schedule: Schedule, say: Callable[
     with locked(work / ".lock"):
         if done.exists() and backbone.exists():
             return backbone
+        if schedule.pretrain_task == "classify":
+            return _classify_backbone(work, data, schedule, backbone, done, say)
         say(f"pre-training the shared backbone ({schedule.pretrain_epochs} epochs, {schedule.pretrain_graph} neck)")
         net = Network("pretrain", "", schedule.repeat, "graph", key="pretrain")
         num_classes = num_categories(resolve_data(data, "train")[0])
@@ -207,6 +214,29 @@ def pretrained_backbone(out: Path, data: str, schedule: Schedule, say: Callable[
             torch.save({"state_dict": weights, "schedule": asdict(schedule)}, f)
         atomic_write_text(done, json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float, str))}))
         return backbone
+
+
+def _classify_backbone(work: Path, data: str, schedule: Schedule, backbone: Path, done: Path,
+                       say: Callable[[str], None]) -> Path:
+    import torch
+
+    from .._io import atomic_open
+    from ..train.classify import pretrain_classifier
+    from ..train.data import resolve_data
+
+    say(f"pre-training the shared backbone by classification ({schedule.pretrain_epochs} epochs, no neck)")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(schedule.threads)
+    try:
+        ann, img = resolve_data(data, "train")
+        state = pretrain_classifier(schedule.backbone, ann, img, schedule.image_size, schedule.pretrain_epochs, work,
+                                    schedule.batch_size, schedule.lr, seed=0, say=say)
+    finally:
+        torch.set_num_threads(threads)
+    with atomic_open(backbone, "wb") as f:
+        torch.save({"state_dict": {f"backbone.{k}": v for k, v in state.items()}, "schedule": asdict(schedule)}, f)
+    atomic_write_text(done, json.dumps({"task": "classify", "epochs": schedule.pretrain_epochs}))
+    return backbone
 
 
 def run_job(spec: dict, data: str, job_dir: Path, init: Path | None = None, quiet: bool = True) -> tuple[float, dict]:
