@@ -210,3 +210,19 @@ def test_a_space_point_and_its_built_in_are_one_network_of_the_table():
     double = g.copy()
     double.nodes["P6_out"]["fusion"] = "concat"  # two inputs: another network
     assert canonical_hash(single) == canonical_hash(g) != canonical_hash(double)
+
+
+@pytest.mark.parametrize("bad, says", [
+    (["--schedule", "epochs=abc"], "epochs takes a int"),
+    (["--schedule", "epoch=3"], "did you mean 'epochs'"),
+    (["--schedule", "image_size=0"], "image_size must be >= 1"),
+    (["--schedule", "pretrain_task=imagenet"], "classify or detect"),
+    (["--floor", "nofusoin", "fpn", "bifpn"], "unknown built-in graph 'nofusoin'"),
+    (["--graphs", "nasfpn:0"], "NAME:REPEAT"),
+    (["--workers", "0"], "--workers 0"),
+    (["--seeds", "-1"], "seeds must be distinct"),
+    (["--floor-seeds", "1", "1"], "seeds must be distinct"),
+])
+def test_bad_reference_arguments_exit_2_with_the_reason(data, tmp_path, edg, bad, says):
+    code, _, err = edg("search", "reference", "--data", str(data), "--out", str(tmp_path / "x"), *bad)
+    assert code == 2 and says in err and "Traceback" not in err

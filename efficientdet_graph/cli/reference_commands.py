@@ -161,6 +161,9 @@ def cmd_reference(args: argparse.Namespace) -> int:
         raise _BadArgs(f"--workers {args.workers}: allowed 1..64")
     if args.sampled < 0:
         raise _BadArgs(f"--sampled {args.sampled}: must be >= 0")
+    for flag, seeds in (("--seeds", args.seeds), ("--floor-seeds", args.floor_seeds)):
+        if any(not 0 <= s < 2**31 for s in seeds) or len(set(seeds)) != len(seeds):
+            raise _BadArgs(f"{flag} {' '.join(map(str, seeds))}: seeds must be distinct, 0..2147483647")
     if args.space is None and not args.floor_only and args.sampled:
         args.sampled = 0
     if len(args.floor) < 3 and args.floor:
