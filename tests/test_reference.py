@@ -38,9 +38,9 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
-def _command(data: Path, out: Path, *extra: str) -> list[str]:
+def _command(data: Path, out: Path, *extra: str, seeds: tuple[str, ...] = ("0", "1")) -> list[str]:
     return EDG + ["search", "reference", "--floor-only", "--floor", "nofusion", "fpn", "bifpn",
-                  "--floor-seeds", "0", "1", "--data", str(data), "--out", str(out), "--heartbeat", "1", "--no-gate", *TINY,
+                  "--floor-seeds", *seeds, "--data", str(data), "--out", str(out), "--heartbeat", "1", "--no-gate", *TINY,
                   *extra]
 
 
@@ -226,3 +226,23 @@ def test_a_space_point_and_its_built_in_are_one_network_of_the_table():
 def test_bad_reference_arguments_exit_2_with_the_reason(data, tmp_path, edg, bad, says):
     code, _, err = edg("search", "reference", "--data", str(data), "--out", str(tmp_path / "x"), *bad)
     assert code == 2 and says in err and "Traceback" not in err
+
+
+def test_another_schedule_in_the_same_folder_never_resumes_the_first_ones_jobs(data, tmp_path):
+    """Jobs are keyed by network and seed *within* a schedule: a second schedule's job of the
+    same network and seed trains from its own start (it once resumed the first's finished
+    checkpoint and reported that network's figures as its own)."""
+    out = tmp_path / "two"
+    base = _command(data, out, seeds=("0",))
+    first = subprocess.run(base, capture_output=True, text=True, timeout=300, env=_env())
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = subprocess.run(base + ["--schedule", "epochs=2"], capture_output=True, text=True, timeout=300,
+                            env=_env())
+    assert second.returncode == 0, second.stderr[-2000:]
+    folders = sorted(p for p in (out / "jobs").iterdir())
+    assert len(folders) == 2  # one per schedule
+    runs = {f.name: sorted(p.parent.name for p in f.rglob("last.pt")) for f in folders}
+    assert all(len(v) == 3 for v in runs.values()) and len(set(map(tuple, runs.values()))) == 1
+    epochs = sorted({sum(1 for line in m.read_text().splitlines() if '"type": "epoch"' in line)
+                     for f in folders for m in f.rglob("metrics.jsonl")})
+    assert epochs == [1, 2]  # each schedule trained its own jobs, for its own number of epochs

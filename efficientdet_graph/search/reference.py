@@ -265,7 +265,9 @@ def run_job(spec: dict, data: str, job_dir: Path, init: Path | None = None, quie
     if summary.get("interrupted"):
         raise KeyboardInterrupt(f"training stopped by {summary['interrupted']}")
     model = load_model(job_dir / "last.pt")
-    val = {k: summary[k] for k in ("map", "map50", "map75") if k in summary}
+    # both splits scored here from the final checkpoint: a job resumed after its last
+    # epoch (killed before it was recorded) has no evaluation in its training summary
+    val = evaluate(model, data, schedule.batch_size, "cpu", split="val")
     try:
         test = evaluate(model, data, schedule.batch_size, "cpu", split="test")
     except Exception as e:  # noqa: BLE001 -- a folder without a test split scores val only
@@ -277,8 +279,8 @@ def run_job(spec: dict, data: str, job_dir: Path, init: Path | None = None, quie
     prof = profile_model(model)
     attrs = {
         "network": spec["network"]["name"], "seed": int(spec["seed"]),
-        "val": {k: float(v) for k, v in val.items()}, "test": {k: float(test[k]) for k in ("map", "map50", "map75")
-                                                             if k in test},
+        "val": {k: float(val[k]) for k in ("map", "map50", "map75") if k in val},
+        "test": {k: float(test[k]) for k in ("map", "map50", "map75") if k in test},
         "flops": int(prof.flops), "params": int(prof.params),
         "fpn_flops": int(prof.components["fpn"]["flops"]), "fpn_params": int(prof.components["fpn"]["params"]),
         "wall_s": round(time.perf_counter() - t0, 1), "threads": schedule.threads,
@@ -316,7 +318,10 @@ class ReferenceBuild:
                 init.append(pretrained_backbone(self.out, self.data, self.schedule, say))
             name = job.spec["network"]["name"]
             say(f"job {name} seed {job.spec['seed']} (attempt {job.attempt}) ...")
-            value, attrs = run_job(job.spec, self.data, self.out / "jobs" / job.key.replace("@", "-s"), init[0])
+            # a job's folder is its schedule's too: another schedule's checkpoint of the same
+            # network and seed must never be resumed as this one
+            job_dir = self.out / "jobs" / self.schedule.fingerprint() / job.key.replace("@", "-s")
+            value, attrs = run_job(job.spec, self.data, job_dir, init[0])
             say(f"job {name} seed {job.spec['seed']}: val mAP@0.5 {attrs['val'].get('map50', 0):.3f}, "
                 f"test {attrs['test'].get('map50', float('nan')):.3f}, {attrs['wall_s']:.0f} s")
             return value, attrs
