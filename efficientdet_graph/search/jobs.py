@@ -26,7 +26,6 @@ own checkpoint), never a finished job, and never blocks the others.
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import socket
 import threading
