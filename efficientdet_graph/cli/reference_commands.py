@@ -128,13 +128,18 @@ def _networks(args: argparse.Namespace, schedule) -> tuple[list, set]:
     return nets, {n.key for n in floor}
 
 
+def _interrupt(signum, frame) -> None:
+    """SIGTERM as Ctrl-C: the job in hand goes back to the queue on the way out."""
+    raise KeyboardInterrupt
+
+
 def _worker(args_dict: dict, index: int) -> int:
     """One local worker process (spawned): joins the build and works until nothing is left."""
     import signal
 
     # SIGTERM from the parent: a job waiting (for the shared backbone, or for others) goes
     # back to the queue like one training (whose own handler finishes the step first)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     args = argparse.Namespace(**args_dict)
     build = _build(args)
     say = (lambda m: None) if args.quiet else (lambda m: print(f"[worker {index}] {m}", flush=True))
@@ -185,7 +190,7 @@ def cmd_reference(args: argparse.Namespace) -> int:
 
             # SIGTERM (a scheduler's stop) ends the children too: each finishes its step,
             # saves, and puts its job back in the queue
-            signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+            signal.signal(signal.SIGTERM, _interrupt)
             ctx = multiprocessing.get_context("spawn")
             plain = {k: v for k, v in vars(args).items() if k not in ("handler",) and not callable(v)}
             procs = [ctx.Process(target=_worker, args=(plain, i), daemon=False) for i in range(args.workers)]

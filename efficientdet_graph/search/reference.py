@@ -206,21 +206,28 @@ def pretrained_backbone(out: Path, data: str, schedule: Schedule, say: Callable[
             raise KeyboardInterrupt(f"pre-training stopped by {summary['interrupted']}")
         # the backbone alone (2 MB, committed with the build's journal so that a later session
         # goes on from the same start); the full checkpoint stays a local file
-        from .._io import atomic_open
         from ..model.checkpoint import read_checkpoint
 
         weights = {k: v for k, v in read_checkpoint(work / "last.pt")["state_dict"].items() if k.startswith("backbone.")}
-        with atomic_open(backbone, "wb") as f:
-            torch.save({"state_dict": weights, "schedule": asdict(schedule)}, f)
+        _save_backbone(backbone, weights, schedule)
         atomic_write_text(done, json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float, str))}))
         return backbone
+
+
+def _save_backbone(path: Path, weights: dict, schedule: Schedule) -> None:
+    """The shared start as ``edg train --init`` reads it: backbone tensors only (2 MB)."""
+    import torch
+
+    from .._io import atomic_open
+
+    with atomic_open(path, "wb") as f:
+        torch.save({"state_dict": weights, "schedule": asdict(schedule)}, f)
 
 
 def _classify_backbone(work: Path, data: str, schedule: Schedule, backbone: Path, done: Path,
                        say: Callable[[str], None]) -> Path:
     import torch
 
-    from .._io import atomic_open
     from ..train.classify import pretrain_classifier
     from ..train.data import resolve_data
 
@@ -233,8 +240,7 @@ def _classify_backbone(work: Path, data: str, schedule: Schedule, backbone: Path
                                     schedule.batch_size, schedule.lr, seed=0, say=say)
     finally:
         torch.set_num_threads(threads)
-    with atomic_open(backbone, "wb") as f:
-        torch.save({"state_dict": {f"backbone.{k}": v for k, v in state.items()}, "schedule": asdict(schedule)}, f)
+    _save_backbone(backbone, {f"backbone.{k}": v for k, v in state.items()}, schedule)
     atomic_write_text(done, json.dumps({"task": "classify", "epochs": schedule.pretrain_epochs}))
     return backbone
 
