@@ -46,3 +46,28 @@ def test_missing_and_moved_boxes_score_less(gt):
 def test_no_predictions_score_zero(gt):
     path, _ = gt
     assert coco_eval(path, [])["map"] == 0.0
+
+
+def test_per_class_ap50_against_a_hand_computed_example(tmp_path):
+    """Two images, classes a, b, c (c has no object). Class a: both objects found, AP 1.
+    Class b: its one object found by the second-best of two detections (a false positive
+    scores higher): precision 1/2 at recall 1, so every one of the 101 recall points
+    interpolates to 0.5 -- AP50 0.5."""
+    box = [10.0, 10.0, 20.0, 20.0]
+    coco = {"images": [{"id": 1, "width": 64, "height": 64}, {"id": 2, "width": 64, "height": 64}],
+            "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": box},
+                            {"id": 2, "image_id": 2, "category_id": 1, "bbox": box},
+                            {"id": 3, "image_id": 2, "category_id": 2, "bbox": [30.0, 30.0, 20.0, 20.0]}]}
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(coco))
+    preds = [{"image_id": 1, "category_id": 1, "bbox": box, "score": 0.9},
+             {"image_id": 2, "category_id": 1, "bbox": box, "score": 0.8},
+             {"image_id": 1, "category_id": 2, "bbox": box, "score": 0.9},  # no b on image 1
+             {"image_id": 2, "category_id": 2, "bbox": [30.0, 30.0, 20.0, 20.0], "score": 0.7}]
+    m = coco_eval(path, preds)
+    assert m["ap50/a"] == pytest.approx(1.0) and m["ap50/b"] == pytest.approx(0.5)
+    assert "ap50/c" not in m  # no ground truth: no AP, rather than a made-up 0
+    assert m["map50"] == pytest.approx(0.75)
+    assert coco_eval(path, []) == {**dict.fromkeys(("map", "map50", "map75", "map_small", "map_medium", "map_large"),
+                                                   0.0), "ap50/a": 0.0, "ap50/b": 0.0}

@@ -167,22 +167,50 @@ def _inside(inner, outer, margin: float = 0.0) -> bool:
             and inner[1] + inner[3] <= outer[1] + outer[3] - margin)
 
 
-def test_a_marks_class_is_the_panel_it_sits_on_far_from_its_frame(task):
+# The four frame colours, written here (not imported): a mark's class must be the colour
+# seen on its panel's frame in the PNG.
+PALETTE = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (235, 210, 40)}
+
+
+def _frame_colours(img: np.ndarray, box) -> dict[str, int]:
+    """Count the frame-colour pixels on a panel's frame band (1.5 px inside its box, 24
+    points a side): nearest palette colour, where one is within 40 (RGB distance)."""
+    x, y, w, h = box
+    pts = []
+    for t in np.linspace(0.1, 0.9, 24):
+        pts += [(x + t * w, y + 1.5), (x + t * w, y + h - 1.5), (x + 1.5, y + t * h), (x + w - 1.5, y + t * h)]
+    counts: dict[str, int] = {}
+    for px, py in pts:
+        rgb = img[min(img.shape[0] - 1, int(py)), min(img.shape[1] - 1, int(px))]
+        name, d = min(((n, np.linalg.norm(rgb - np.array(c))) for n, c in PALETTE.items()), key=lambda z: z[1])
+        if d < 40:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def test_a_marks_class_is_its_panels_frame_colour_far_from_the_frame(task):
     coco = _coco(task)
     name = {c["id"]: c["name"] for c in coco["categories"]}
+    files = {i["id"]: i["file_name"] for i in coco["images"]}
     by_image: dict[int, list] = {}
     for a in coco["annotations"]:
         by_image.setdefault(a["image_id"], []).append((name[a["category_id"]], a["bbox"]))
-    marks = 0
-    for objs in by_image.values():
+    marks = dict.fromkeys(PALETTE, 0)
+    for image_id, objs in by_image.items():
+        img = None
         for cls, box in objs:
             if not cls.startswith("mark_"):
                 continue
-            marks += 1
-            kind = cls.removeprefix("mark_")
-            hosts = [b for c, b in objs if c == f"panel_{kind}" and _inside(box, b, 0.2 * min(b[2], b[3]))]
-            assert hosts, f"{cls} at {box} is not well inside a panel_{kind}"
-    assert marks >= 20
+            colour = cls.removeprefix("mark_")
+            marks[colour] += 1
+            # far from the frame: at least a quarter of the panel's side and 18 px inside it
+            hosts = [b for c, b in objs if c == "panel" and _inside(box, b, max(18, 0.25 * min(b[2], b[3])))]
+            assert hosts, f"{cls} at {box} is not well inside a panel"
+            if img is None:
+                img = np.asarray(Image.open(task / "train" / "images" / files[image_id]).convert("RGB"), dtype=float)
+            seen = [_frame_colours(img, b) for b in hosts]
+            assert any(c and max(c, key=c.get) == colour for c in seen), (cls, box, seen)
+    assert min(marks.values()) >= 10, marks
 
 
 def test_a_dot_tells_disc_dot_from_disc(task):

@@ -7,8 +7,10 @@ schedule; what happened is read back from the journal with Optuna's own API."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -246,3 +248,33 @@ def test_another_schedule_in_the_same_folder_never_resumes_the_first_ones_jobs(d
     epochs = sorted({sum(1 for line in m.read_text().splitlines() if '"type": "epoch"' in line)
                      for f in folders for m in f.rglob("metrics.jsonl")})
     assert epochs == [1, 2]  # each schedule trained its own jobs, for its own number of epochs
+
+
+def test_other_data_in_the_same_folder_never_resumes_the_first_ones_jobs(data, tmp_path):
+    """The same schedule on changed data (a regenerated task, another --data folder) is
+    another build: its jobs train afresh instead of reporting the old data's checkpoints."""
+    changed = tmp_path / "changed"
+    shutil.copytree(data, changed)
+    ann = changed / "train" / "annotations.json"
+    coco = json.loads(ann.read_text())
+    coco["annotations"] = coco["annotations"][1:]  # one object less: other data
+    ann.write_text(json.dumps(coco))
+    out = tmp_path / "build"
+    for d in (data, changed):
+        run = subprocess.run(_command(d, out, seeds=("0",)), capture_output=True, text=True, timeout=300, env=_env())
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "3 job(s) added" in run.stderr + run.stdout
+    folders = sorted(p for p in (out / "jobs").iterdir())
+    assert len(folders) == 2 and all(len(list(f.rglob("last.pt"))) == 3 for f in folders)
+
+
+def test_per_class_table_is_the_mean_over_seeds_of_each_class():
+    from efficientdet_graph.search.reference_report import per_class_table
+
+    rows = [{"network": "n", "val": {"map50": 0.5, "ap50/a": 0.2, "ap50/b": 0.9}},
+            {"network": "n", "val": {"map50": 0.5, "ap50/a": 0.4, "ap50/b": 0.7}},
+            {"network": "m", "val": {"map50": 0.1, "ap50/a": 0.1}}]
+    text = per_class_table([{"network": "n"}, {"network": "m"}], rows)
+    assert "| network | a | b |" in text
+    assert "| n | 0.30 | 0.80 |" in text and "| m | 0.10 | – |" in text
+    assert per_class_table([{"network": "n"}], [{"network": "n", "val": {"map50": 0.5}}]) == ""

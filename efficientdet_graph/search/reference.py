@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .._io import atomic_write_text
-from ..errors import ConfigError, SearchError
+from ..errors import ConfigError, DataError, SearchError
 from ..graph import canonical_hash, graph_to_yaml
 from .jobs import Job, JobQueue
 
@@ -165,6 +165,21 @@ def _model_yaml(net: Network, schedule: Schedule, num_classes: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def build_id(data: str, schedule: Schedule) -> str:
+    """The schedule's fingerprint and the data's: a backbone or a job trained on other data
+    (a regenerated or changed task, another --data folder) is never resumed as this one."""
+    from ..train.data import resolve_data
+
+    h = hashlib.sha256(schedule.fingerprint().encode())
+    for split in ("train", "val", "test"):
+        try:
+            ann = resolve_data(data, split)[0]
+        except DataError:  # a folder without a test split: train and val decide alone
+            continue
+        h.update(split.encode() + Path(ann).read_bytes())
+    return h.hexdigest()[:10]
+
+
 def pretrained_backbone(out: Path, data: str, schedule: Schedule, say: Callable[[str], None] = print) -> Path | None:
     """The checkpoint every job's backbone starts from (``None`` when ``pretrain_epochs`` is
     0): trained once per table and schedule, under a lock, resumed if a kill interrupted it."""
@@ -176,7 +191,7 @@ def pretrained_backbone(out: Path, data: str, schedule: Schedule, say: Callable[
     from ..train import TrainConfig, train
     from ..train.data import Augment, num_categories, resolve_data
 
-    work = out / f"pretrain-{schedule.fingerprint()}"
+    work = out / f"pretrain-{build_id(data, schedule)}"
     done, backbone = work / "done.json", work / "backbone.pt"
     work.mkdir(parents=True, exist_ok=True)
     with locked(work / ".lock"):
@@ -305,7 +320,8 @@ class ReferenceBuild:
         self.out = Path(out)
         self.data = data
         self.schedule = schedule
-        self.queue = JobQueue(f"{name}-{schedule.fingerprint()}", self.out, storage, heartbeat=heartbeat)
+        self.id = build_id(data, schedule)
+        self.queue = JobQueue(f"{name}-{self.id}", self.out, storage, heartbeat=heartbeat)
 
     def add(self, networks: Sequence[Network], seeds: Sequence[int]) -> int:
         """Queue every network at every seed, seed-major (all networks at the first seed first)."""
@@ -324,9 +340,9 @@ class ReferenceBuild:
                 init.append(pretrained_backbone(self.out, self.data, self.schedule, say))
             name = job.spec["network"]["name"]
             say(f"job {name} seed {job.spec['seed']} (attempt {job.attempt}) ...")
-            # a job's folder is its schedule's too: another schedule's checkpoint of the same
-            # network and seed must never be resumed as this one
-            job_dir = self.out / "jobs" / self.schedule.fingerprint() / job.key.replace("@", "-s")
+            # a job's folder is its schedule's and data's too: another schedule's checkpoint of
+            # the same network and seed must never be resumed as this one
+            job_dir = self.out / "jobs" / self.id / job.key.replace("@", "-s")
             value, attrs = run_job(job.spec, self.data, job_dir, init[0])
             say(f"job {name} seed {job.spec['seed']}: val mAP@0.5 {attrs['val'].get('map50', 0):.3f}, "
                 f"test {attrs['test'].get('map50', float('nan')):.3f}, {attrs['wall_s']:.0f} s")

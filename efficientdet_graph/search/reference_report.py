@@ -51,6 +51,23 @@ def markdown_table(table: Sequence[dict], verdict: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def per_class_table(table: Sequence[dict], rows: Sequence[dict]) -> str:
+    """Search-val AP@0.5 of each class, mean over a network's seeds: which classes a neck
+    learns (a context class at chance shows here, not in the mean)."""
+    classes: list[str] = []
+    for r in rows:
+        classes += [k for k in r.get("val", {}) if k.startswith("ap50/") and k not in classes]
+    if not classes:
+        return ""
+    lines = ["| network | " + " | ".join(c.removeprefix("ap50/") for c in classes) + " |",
+             "|---|" + "---|" * len(classes)]
+    for s in table:
+        mine = [r["val"] for r in rows if r["network"] == s["network"]]
+        cells = [statistics.fmean(v[c] for v in mine if c in v) if any(c in v for v in mine) else None for c in classes]
+        lines.append(f"| {s['network']} | " + " | ".join(_f(c, 2) for c in cells) + " |")
+    return "\n".join(["", "Search-val AP@0.5 per class (mean over seeds):", "", *lines]) + "\n"
+
+
 def _task(data: str) -> dict:
     """The data folder and what is in each split (images, objects, classes)."""
     out: dict = {"data": str(data), "splits": {}}
@@ -81,5 +98,5 @@ def write_reference_results(path: str | Path, build, rows: list[dict], table: li
     }
     path = Path(path)
     atomic_write_text(path, json.dumps(_clean(doc), indent=1) + "\n")
-    atomic_write_text(path.with_suffix(".md"), markdown_table(table, verdict))
+    atomic_write_text(path.with_suffix(".md"), markdown_table(table, verdict) + per_class_table(table, rows))
     return path

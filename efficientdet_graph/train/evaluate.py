@@ -40,7 +40,9 @@ def predict_dataset(model: EfficientDet, data: CocoDetection, batch_size: int = 
 
 
 def coco_eval(annotations: Path, results: list[dict], image_ids: list[int] | None = None) -> dict[str, float]:
-    """AP, AP50, AP75, AP small/medium/large (pycocotools)."""
+    """AP, AP50, AP75, AP small/medium/large (pycocotools), and each class's AP50 as
+    ``ap50/<class name>``: which classes a network learns (a context class at chance shows
+    there, not in the mean)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -49,7 +51,10 @@ def coco_eval(annotations: Path, results: list[dict], image_ids: list[int] | Non
         gt.dataset = _with_defaults(json.loads(Path(annotations).read_text()))
         gt.createIndex()
         if not results:
-            return {k: 0.0 for k in METRIC_NAMES}
+            present = {a["category_id"] for a in gt.dataset["annotations"]
+                       if image_ids is None or a["image_id"] in set(image_ids)}
+            return {**{k: 0.0 for k in METRIC_NAMES},
+                    **{f"ap50/{c['name']}": 0.0 for c in gt.dataset.get("categories", []) if c["id"] in present}}
         dt = gt.loadRes(results)
         ev = COCOeval(gt, dt, "bbox")
         if image_ids is not None:
@@ -57,7 +62,15 @@ def coco_eval(annotations: Path, results: list[dict], image_ids: list[int] | Non
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {k: max(0.0, float(v)) for k, v in zip(METRIC_NAMES, ev.stats[:6])}
+    metrics = {k: max(0.0, float(v)) for k, v in zip(METRIC_NAMES, ev.stats[:6])}
+    # precision[iou threshold, recall, class, area range, max detections]: IoU 0.5, all
+    # areas, 100 detections (a recall never reached holds 0); a class without ground truth
+    # on these images holds -1 and is left out
+    precision = ev.eval["precision"][0, :, :, 0, -1]
+    for k, cat in enumerate(ev.params.catIds):
+        if (precision[:, k] > -1).all():
+            metrics[f"ap50/{gt.cats[cat]['name']}"] = float(precision[:, k].mean())
+    return metrics
 
 
 def _with_defaults(coco: dict) -> dict:

@@ -8,15 +8,21 @@ that cross-scale fusion is what separates a good neck from a bad one:
 * **Sizes log-uniform over more than 4 octaves** (5 %-90 % of the image side, 4.2
   octaves), so every pyramid level P3-P7 has objects (and positive anchors) to learn.
 * **Classes that need context from another scale.**
-  - ``mark_solid`` / ``mark_dashed``: one small diamond mark, drawn identically; its
-    class is the kind of panel it sits on (a solid or a dashed frame), and the frame is
-    far from the mark (marks keep a quarter of the panel's side from its border). The
-    same mark *outside* a panel is a distractor, not an object. So a small object's
-    class lives in a large region: top-down information.
+  - ``mark_red`` / ``mark_green`` / ``mark_blue`` / ``mark_yellow``: one small diamond mark
+    (5-8.5 % of the side), drawn identically in a random colour; its class is the colour of
+    the frame of the panel it sits on, and that frame is far away: marks keep 30 % of the
+    panel's side (at least 20 px) from its border, while 99 % of the input gradient of a
+    TinyNet-E P3 feature comes from within 20 px of it (measured at initialisation).
+    The same mark *outside* a panel is a distractor, not an object, and hollow frames in the
+    same four colours are drawn as distractors, so an image's colours alone do not give a
+    mark's class away. A small object's class lives in a large region: top-down information.
+    (A first version told two mark classes apart by a solid or a dashed frame: no trained
+    network learned it within the reference schedule -- every neck was at chance on it --
+    so the neck could not matter; docs/reference-table.md has the measurement.)
   - ``disc`` / ``disc_dot``: large discs that differ only by a small dot at the centre
     (a tenth of the diameter): a large object decided by a small detail, bottom-up
     information.
-  - ``panel_solid`` / ``panel_dashed``: the panels themselves, told apart by their frame.
+  - ``panel``: a textured, nearly grey fill inside a thick frame of one of four colours.
   - ``triangle`` / ``star``: ordinary objects at every size.
 * **Clutter.** Multi-octave textured backgrounds, random strokes, and distractor shapes
   (rings, bars, crosses, stray marks) that are not objects; 5-15 objects per image,
@@ -46,25 +52,26 @@ from PIL import Image, ImageDraw
 from .._io import atomic_write_text
 from ..errors import ConfigError
 
-__all__ = ["MULTISCALE_CLASSES", "MultiscaleConfig", "write_multiscale_split", "make_multiscale"]
+__all__ = ["FRAME_COLOURS", "MULTISCALE_CLASSES", "MultiscaleConfig", "write_multiscale_split", "make_multiscale"]
 
-MULTISCALE_CLASSES = ("panel_solid", "panel_dashed", "mark_solid", "mark_dashed", "disc", "disc_dot",
-                      "triangle", "star")
+# A panel's frame colour decides the class of the marks on it.
+FRAME_COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (235, 210, 40)}
+MULTISCALE_CLASSES = ("panel", *(f"mark_{c}" for c in FRAME_COLOURS), "disc", "disc_dot", "triangle", "star")
 
 # Size range of each class, as fractions of the image side: the classes that exist at a size.
 _RANGES = {
     "panel": (0.35, 1.0),
-    "mark": (0.0, 0.1),
+    "mark": (0.0, 0.085),
     "disc": (0.12, 0.6),
     "triangle": (0.0, 1.0),
     "star": (0.0, 1.0),
 }
 # How often each kind is picked where it exists: the context classes are the point of the
 # set, so they are favoured over the ordinary shapes.
-_WEIGHTS = {"panel": 3.0, "mark": 4.0, "disc": 2.0, "triangle": 1.0, "star": 1.0}
+_WEIGHTS = {"panel": 3.0, "mark": 8.0, "disc": 2.0, "triangle": 1.0, "star": 1.0}
 _MAX_COVER = 0.6  # at most this share of an object's box may be hidden by later objects
 _MAX_IOU = 0.3  # an object overlaps an earlier one by less than this IoU
-_PANEL_INSET = 0.25  # marks keep this share of the panel's side from its frame
+_PANEL_INSET = 0.3  # marks keep this share of the panel's side from its frame
 
 
 @dataclass(frozen=True)
@@ -143,37 +150,27 @@ def _draw_star(draw: ImageDraw.ImageDraw, box, color) -> None:
     draw.polygon(pts, fill=color)
 
 
-def _draw_panel(img: Image.Image, draw: ImageDraw.ImageDraw, box, dashed: bool, rng: random.Random) -> None:
-    """A textured fill inside a thick frame, solid or dashed: the frame is the only difference."""
+def _frame_colour(name: str, rng: random.Random) -> tuple[int, int, int]:
+    """One of the four frame colours, jittered a little so that no exact value is the cue."""
+    return tuple(min(255, max(0, v + rng.randint(-15, 15))) for v in FRAME_COLOURS[name])
+
+
+def _draw_panel(img: Image.Image, draw: ImageDraw.ImageDraw, box, colour: str, rng: random.Random) -> None:
+    """A textured, nearly grey fill inside a thick frame: the frame's colour is its only mark."""
     x0, y0, x1, y1 = box
     side = min(x1 - x0, y1 - y0)
-    fill = _color(rng)
+    grey = rng.randint(70, 190)
+    fill = tuple(grey + rng.randint(-12, 12) for _ in range(3))
     draw.rectangle(box, fill=fill)
-    # the interior's texture: the same kind for both panel types
     g = np.random.default_rng(rng.randrange(2**31))
     w, h = max(1, round(x1 - x0)), max(1, round(y1 - y0))
     tex = np.asarray(fill, dtype=np.float32)[None, None, :] + g.normal(0, 18, size=(h, w, 1)).astype(np.float32)
     img.paste(Image.fromarray(tex.clip(0, 255).astype(np.uint8), "RGB"), (round(x0), round(y0)))
-    frame = _color(rng)
-    width = max(2, round(0.07 * side))
-    if not dashed:
-        draw.rectangle(box, outline=frame, width=width)
-        return
-    dash = max(3.0, 0.12 * side)
-    x = x0
-    while x < x1:  # top and bottom sides
-        draw.rectangle((x, y0, min(x + dash, x1), y0 + width), fill=frame)
-        draw.rectangle((x, y1 - width, min(x + dash, x1), y1), fill=frame)
-        x += 2 * dash
-    y = y0
-    while y < y1:  # left and right sides
-        draw.rectangle((x0, y, x0 + width, min(y + dash, y1)), fill=frame)
-        draw.rectangle((x1 - width, y, x1, min(y + dash, y1)), fill=frame)
-        y += 2 * dash
+    draw.rectangle(box, outline=_frame_colour(colour, rng), width=max(3, round(0.08 * side)))
 
 
 def _draw_distractor(draw: ImageDraw.ImageDraw, size: int, cfg: MultiscaleConfig, rng: random.Random) -> None:
-    kind = rng.choice(("stroke", "ring", "bar", "cross"))
+    kind = rng.choice(("stroke", "ring", "bar", "cross", "frame"))
     s = size * math.exp(rng.uniform(math.log(cfg.min_size), math.log(cfg.max_size * 0.6)))
     cx, cy = rng.uniform(0, size), rng.uniform(0, size)
     color = _color(rng)
@@ -186,6 +183,9 @@ def _draw_distractor(draw: ImageDraw.ImageDraw, size: int, cfg: MultiscaleConfig
         draw.ellipse((x0, y0, x1, y1), outline=color, width=max(1, round(s / 8)))
     elif kind == "bar":
         draw.rectangle((x0, cy - s / 8, x1, cy + s / 8), fill=color)
+    elif kind == "frame":  # a hollow frame in a panel colour: colours alone do not name a mark
+        draw.rectangle((x0, y0, x1, y1), outline=_frame_colour(rng.choice(tuple(FRAME_COLOURS)), rng),
+                       width=max(2, round(0.08 * s)))
     else:
         draw.rectangle((x0, cy - s / 10, x1, cy + s / 10), fill=color)
         draw.rectangle((cx - s / 10, y0, cx + s / 10, y1), fill=color)
@@ -233,7 +233,7 @@ def write_multiscale_split(out: Path, num_images: int, seed: int, cfg: Multiscal
         placed: list[dict] = []  # {"box", "cls", "covers": [boxes drawn over it], "keep": box never covered}
         for frac in fracs:
             s = frac * size
-            panels = [p for p in placed if p["cls"].startswith("panel")
+            panels = [p for p in placed if p["cls"] == "panel"
                       and (p["box"][2] - p["box"][0]) * (1 - 2 * _PANEL_INSET) > s]
             kinds = _classes_at(frac, bool(panels))
             kind = rng.choices(kinds, weights=[_WEIGHTS[k] for k in kinds])[0]
@@ -262,11 +262,12 @@ def write_multiscale_split(out: Path, num_images: int, seed: int, cfg: Multiscal
                 if len(pending) < cfg.max_objects:
                     pending.append(frac)
                 continue
+            colour = None
             if kind == "panel":
-                cls = rng.choice(("panel_solid", "panel_dashed"))
-                _draw_panel(img, draw, box, cls == "panel_dashed", rng)
+                cls, colour = "panel", rng.choice(tuple(FRAME_COLOURS))
+                _draw_panel(img, draw, box, colour, rng)
             elif kind == "mark":
-                cls = "mark_dashed" if host["cls"] == "panel_dashed" else "mark_solid"
+                cls = f"mark_{host['colour']}"
                 _draw_mark(draw, box, _color(rng))
             elif kind == "disc":
                 cls = rng.choice(("disc", "disc_dot"))
@@ -290,7 +291,7 @@ def write_multiscale_split(out: Path, num_images: int, seed: int, cfg: Multiscal
             for p in placed:
                 if _overlap(box, p["box"]) > 0:
                     p["covers"].append(box)
-            placed.append({"box": box, "cls": cls, "covers": [], "keep": keep})
+            placed.append({"box": box, "cls": cls, "colour": colour, "covers": [], "keep": keep})
         # stray marks: the marks' look outside any panel, and not objects
         for _ in range(rng.randint(*cfg.stray_marks)):
             s = size * math.exp(rng.uniform(lo, math.log(min(cfg.max_size, _RANGES["mark"][1]))))
