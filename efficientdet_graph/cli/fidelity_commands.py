@@ -25,6 +25,10 @@ def register_search(s: argparse._SubParsersAction) -> None:
     how.add_argument("--scores", default=None, metavar="FILE", help=f"the ranking to judge: {SCORES_FORMAT}")
     how.add_argument("--by", choices=("flops", "params"), default=None,
                      help="judge a no-training ranking instead: feature-network FLOPs or parameters, more ranked higher")
+    how.add_argument("--zero-cost", choices=("entropy", "synflow"), default=None,
+                     help="judge a training-free score computed here for every network of the table, at "
+                          "initialisation on the reference schedule's shapes (entropy: MAE-DET's Gaussian entropy; "
+                          "synflow: synaptic flow)")
     q.add_argument("--split", choices=("val", "test"), default="val",
                    help="the reference split the ranking is compared with (test: final claims only)")
     q.add_argument("--metric", choices=("map50", "map", "map75"), default="map50",
@@ -75,6 +79,39 @@ def _scores(path: str) -> dict[str, float]:
     return {k: float(v) for k, v in doc.items()}
 
 
+def _zero_cost(doc: dict, table: list[dict], name: str, path: str) -> tuple[dict[str, float], dict]:
+    """Every table network's training-free score, on the shapes of the file's schedule."""
+    import statistics
+
+    import torch
+
+    from ..graph import build_graph
+    from ..spec import load_spec_text
+    from ..search.zerocost import ZeroCostSettings, zero_cost_score
+
+    sched = doc.get("schedule") or {}
+    classes = ((doc.get("task") or {}).get("splits") or {}).get("train", {}).get("classes")
+    settings = ZeroCostSettings(**{k: sched[k] for k in ("backbone", "image_size", "channels", "head_repeat",
+                                                         "anchor_scale") if k in sched},
+                                **({"num_classes": len(classes)} if classes else {}))
+    lacking = [r.get("network", "?") for r in table if not r.get("graph_yaml")]
+    if lacking:
+        raise SearchError(f"reference {path}: no graph for {', '.join(lacking)} (a file written before graphs were "
+                          "kept in the table: write it again with the same edg search reference command and --no-gate)")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the seconds below are one core's
+    try:
+        scores, seconds = {}, {}
+        for r in table:
+            graph = build_graph(*load_spec_text(r["graph_yaml"], f"{path}#{r['network']}"))
+            scores[r["network"]], seconds[r["network"]] = zero_cost_score(name, graph, int(r.get("repeat") or 1),
+                                                                          settings)
+    finally:
+        torch.set_num_threads(threads)
+    return scores, {"score": name, "settings": settings.__dict__, "scores": scores, "seconds": seconds,
+                    "median_seconds": statistics.median(seconds.values())}
+
+
 def _f(x: float) -> str:
     return "nan" if x is None or not math.isfinite(x) else f"{x:.3f}"
 
@@ -86,8 +123,15 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     # the resamples are drawn at once (n_boot x networks x seeds numbers): keep that in memory
     if not (1 <= args.n_boot <= 100_000 and args.top_k >= 1):
         raise SearchError(f"--n-boot must be 1..100000 and --top-k >= 1, got {args.n_boot} and {args.top_k}")
-    table = _table(_read_json(args.reference, "reference"), args.reference, args.metric)
-    scores = _scores(args.scores) if args.scores else None
+    doc = _read_json(args.reference, "reference")
+    table = _table(doc, args.reference, args.metric)
+    zero_cost = None
+    if args.zero_cost:
+        scores, zero_cost = _zero_cost(doc, table, args.zero_cost, args.reference)
+        print(f"{args.zero_cost}: {len(scores)} networks scored at initialisation, median "
+              f"{zero_cost['median_seconds']:.2f} s each on one core")
+    else:
+        scores = _scores(args.scores) if args.scores else None
     try:
         result = fidelity(table, scores, split=args.split, metric=args.metric, k=args.top_k, n_boot=args.n_boot,
                           seed=args.seed)
@@ -97,7 +141,8 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     verdict = judge(result, ranking, threshold=args.threshold, lower_bound=args.lower_bound)
 
     level = round(100 * result["bootstrap"]["level"])
-    labels = {"proxy": f"scores ({Path(args.scores).name})" if args.scores else "", "flops": "FLOPs only",
+    labels = {"proxy": f"scores ({Path(args.scores).name})" if args.scores else f"zero-cost {args.zero_cost}",
+              "flops": "FLOPs only",
               "params": "params only"}
     width = max(len(labels[r]) for r in result["rankings"]) + 2
     top = f"top-{result['k']} recall"
@@ -119,7 +164,7 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         from ..search.reference_report import _clean
 
         doc = {**provenance(args.argv), "reference_file": args.reference, "scores_file": args.scores, "by": args.by,
-               "fidelity": result, "verdict": verdict}
+               "zero_cost": zero_cost, "fidelity": result, "verdict": verdict}
         atomic_write_text(args.results, json.dumps(_clean(doc), indent=1) + "\n")
         print(f"results: {args.results}")
     return 0 if verdict["passed"] else 1

@@ -357,6 +357,7 @@ class ReferenceBuild:
             spec = t.user_attrs["edg_job"]
             net = spec["network"]
             rows.append({"network": net["name"], "key": net["key"], "source": net["source"], "repeat": net["repeat"],
+                         "graph_yaml": spec.get("graph_yaml"),
                          "params_space": net["params"], "seed": spec["seed"], "attempt": t.user_attrs.get("edg_attempt", 1),
                          **{k: t.user_attrs[k] for k in ("val", "test", "flops", "params", "fpn_flops", "fpn_params",
                                                          "wall_s", "threads") if k in t.user_attrs}})
@@ -381,6 +382,7 @@ def summarize(rows: Sequence[dict], metric: str = "map50") -> list[dict]:
     for name, rs in by.items():
         rs = sorted(rs, key=lambda r: r["seed"])
         out.append({"network": name, "key": rs[0]["key"], "source": rs[0]["source"], "repeat": rs[0]["repeat"],
+                    "graph_yaml": rs[0].get("graph_yaml"),
                     "seeds": [r["seed"] for r in rs], "flops": rs[0].get("flops"), "params": rs[0].get("params"),
                     "fpn_flops": rs[0].get("fpn_flops"), "fpn_params": rs[0].get("fpn_params"),
                     "val": _stats([r["val"][metric] for r in rs if metric in r.get("val", {})]),

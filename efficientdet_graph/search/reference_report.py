@@ -92,7 +92,7 @@ def write_reference_results(path: str | Path, build, rows: list[dict], table: li
                  "total_job_s": round(sum(walls), 1), "threads_per_job": build.schedule.threads},
         "gate": verdict,
         "table": table,
-        "runs": rows,
+        "runs": [{k: v for k, v in r.items() if k != "graph_yaml"} for r in rows],  # the table holds each graph
         "failed": [{"key": t.user_attrs.get("edg_key"), "reason": t.user_attrs.get("edg_reason")}
                    for t in build.queue.failed()],
     }
