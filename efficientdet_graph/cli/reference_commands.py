@@ -11,7 +11,7 @@ from ..errors import EdgError
 
 __all__ = ["register_search"]
 
-TASK_SIZES = {"multiscale": (2048, 256, 256)}  # train, search-val, test images of a built-in task
+TASK_SIZES = {"multiscale": (2048, 512, 512)}  # train, search-val, test images of a built-in task
 
 
 class _BadArgs(EdgError):

@@ -8,22 +8,24 @@ that cross-scale fusion is what separates a good neck from a bad one:
 * **Sizes log-uniform over more than 4 octaves** (5 %-90 % of the image side, 4.2
   octaves), so every pyramid level P3-P7 has objects (and positive anchors) to learn.
 * **Classes that need context from another scale.**
-  - ``mark_red`` / ``mark_green`` / ``mark_blue`` / ``mark_yellow``: one small diamond mark
-    (5-8.5 % of the side), drawn identically in a random colour; its class is the colour of
-    the frame of the panel it sits on, and that frame is far away: marks keep 30 % of the
-    panel's side (at least 20 px) from its border, while 99 % of the input gradient of a
-    TinyNet-E P3 feature comes from within 20 px of it (measured at initialisation).
-    The same mark *outside* a panel is a distractor, not an object, and hollow frames in the
-    same four colours are drawn as distractors, so an image's colours alone do not give a
-    mark's class away. A small object's class lives in a large region: top-down information.
-    (A first version told two mark classes apart by a solid or a dashed frame: no trained
-    network learned it within the reference schedule -- every neck was at chance on it --
-    so the neck could not matter; docs/reference-table.md has the measurement.)
+  - ``mark_red`` / ``mark_green`` / ``mark_blue``: one small diamond mark (5-8.5 % of the
+    side) in a random colour on a grey plate; its class is the colour of the panel the
+    plate sits on. The plate reaches 22 px beyond the mark on every side, and 99 % of the
+    input gradient of a TinyNet-E P3 feature comes from within 20 px of it (measured at
+    initialisation), so nothing a P3 feature sees names the class; the panel's colour
+    fills P5-P7's view. The same mark *outside* a panel is a distractor, not an object.
+    A small object's class lives in a large region: top-down information.
+  - ``panel_red`` / ``panel_green`` / ``panel_blue``: large textured panels, told apart by
+    colour: the coarse levels learn the colour that the marks need.
   - ``disc`` / ``disc_dot``: large discs that differ only by a small dot at the centre
     (a tenth of the diameter): a large object decided by a small detail, bottom-up
     information.
-  - ``panel``: a textured, nearly grey fill inside a thick frame of one of four colours.
   - ``triangle`` / ``star``: ordinary objects at every size.
+
+  Two earlier versions named the marks by a panel's frame (solid or dashed, then one of
+  four colours) with a single panel class: no trained network learned either within the
+  reference schedule -- every neck was at chance on the marks -- so the neck could not
+  matter (docs/tasks.md).
 * **Clutter.** Multi-octave textured backgrounds, random strokes, and distractor shapes
   (rings, bars, crosses, stray marks) that are not objects; 5-15 objects per image,
   drawn from large to small so the small ones partly occlude the large ones (each object
@@ -52,11 +54,12 @@ from PIL import Image, ImageDraw
 from .._io import atomic_write_text
 from ..errors import ConfigError
 
-__all__ = ["FRAME_COLOURS", "MULTISCALE_CLASSES", "MultiscaleConfig", "write_multiscale_split", "make_multiscale"]
+__all__ = ["MULTISCALE_CLASSES", "PANEL_COLOURS", "MultiscaleConfig", "write_multiscale_split", "make_multiscale"]
 
-# A panel's frame colour decides the class of the marks on it.
-FRAME_COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (235, 210, 40)}
-MULTISCALE_CLASSES = ("panel", *(f"mark_{c}" for c in FRAME_COLOURS), "disc", "disc_dot", "triangle", "star")
+# A panel's colour is its class and the class of the marks on it.
+PANEL_COLOURS = {"red": (210, 50, 50), "green": (50, 180, 70), "blue": (60, 90, 220)}
+MULTISCALE_CLASSES = (*(f"panel_{c}" for c in PANEL_COLOURS), *(f"mark_{c}" for c in PANEL_COLOURS), "disc",
+                      "disc_dot", "triangle", "star")
 
 # Size range of each class, as fractions of the image side: the classes that exist at a size.
 _RANGES = {
@@ -68,10 +71,11 @@ _RANGES = {
 }
 # How often each kind is picked where it exists: the context classes are the point of the
 # set, so they are favoured over the ordinary shapes.
-_WEIGHTS = {"panel": 3.0, "mark": 8.0, "disc": 2.0, "triangle": 1.0, "star": 1.0}
+_WEIGHTS = {"panel": 3.0, "mark": 20.0, "disc": 2.0, "triangle": 1.0, "star": 1.0}
 _MAX_COVER = 0.6  # at most this share of an object's box may be hidden by later objects
 _MAX_IOU = 0.3  # an object overlaps an earlier one by less than this IoU
-_PANEL_INSET = 0.3  # marks keep this share of the panel's side from its frame
+_PLATE_MARGIN = 18.0  # px of grey plate around a mark: about what a P3 feature sees
+_PLATE_ROOM = 1.3  # a panel hosts a mark when its side is this many plate diameters
 
 
 @dataclass(frozen=True)
@@ -150,30 +154,34 @@ def _draw_star(draw: ImageDraw.ImageDraw, box, color) -> None:
     draw.polygon(pts, fill=color)
 
 
-def _frame_colour(name: str, rng: random.Random) -> tuple[int, int, int]:
-    """One of the four frame colours, jittered a little so that no exact value is the cue."""
-    return tuple(min(255, max(0, v + rng.randint(-15, 15))) for v in FRAME_COLOURS[name])
+def _panel_colour(name: str, rng: random.Random) -> tuple[int, int, int]:
+    """One of the panel colours, jittered so that no exact value is the cue."""
+    return tuple(min(255, max(0, v + rng.randint(-20, 20))) for v in PANEL_COLOURS[name])
 
 
-def _draw_panel(img: Image.Image, draw: ImageDraw.ImageDraw, box, colour: str, rng: random.Random) -> None:
-    """A textured, nearly grey fill inside a thick frame: the frame's colour is its only mark."""
+def _draw_panel(img: Image.Image, box, colour: str, rng: random.Random) -> None:
+    """A textured rectangle of one of the panel colours: its colour is its class."""
     x0, y0, x1, y1 = box
-    side = min(x1 - x0, y1 - y0)
-    grey = rng.randint(70, 190)
-    fill = tuple(grey + rng.randint(-12, 12) for _ in range(3))
-    draw.rectangle(box, fill=fill)
+    fill = _panel_colour(colour, rng)
     g = np.random.default_rng(rng.randrange(2**31))
     w, h = max(1, round(x1 - x0)), max(1, round(y1 - y0))
     tex = np.asarray(fill, dtype=np.float32)[None, None, :] + g.normal(0, 18, size=(h, w, 1)).astype(np.float32)
     img.paste(Image.fromarray(tex.clip(0, 255).astype(np.uint8), "RGB"), (round(x0), round(y0)))
-    draw.rectangle(box, outline=_frame_colour(colour, rng), width=max(3, round(0.08 * side)))
+
+
+def _plate(box) -> tuple[float, float, float, float]:
+    """The grey plate under a mark: the mark's box grown by the plate margin, as a square."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    r = max(box[2] - box[0], box[3] - box[1]) / 2 + _PLATE_MARGIN
+    return (cx - r, cy - r, cx + r, cy + r)
 
 
 def _draw_distractor(draw: ImageDraw.ImageDraw, size: int, cfg: MultiscaleConfig, rng: random.Random) -> None:
-    kind = rng.choice(("stroke", "ring", "bar", "cross", "frame"))
+    kind = rng.choice(("stroke", "ring", "bar", "cross"))
     s = size * math.exp(rng.uniform(math.log(cfg.min_size), math.log(cfg.max_size * 0.6)))
     cx, cy = rng.uniform(0, size), rng.uniform(0, size)
-    color = _color(rng)
+    # half of them in a panel colour: an image's colours alone do not name its marks
+    color = _panel_colour(rng.choice(tuple(PANEL_COLOURS)), rng) if rng.random() < 0.5 else _color(rng)
     x0, y0, x1, y1 = cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2
     if kind == "stroke":
         a = rng.uniform(0, math.pi)
@@ -183,9 +191,6 @@ def _draw_distractor(draw: ImageDraw.ImageDraw, size: int, cfg: MultiscaleConfig
         draw.ellipse((x0, y0, x1, y1), outline=color, width=max(1, round(s / 8)))
     elif kind == "bar":
         draw.rectangle((x0, cy - s / 8, x1, cy + s / 8), fill=color)
-    elif kind == "frame":  # a hollow frame in a panel colour: colours alone do not name a mark
-        draw.rectangle((x0, y0, x1, y1), outline=_frame_colour(rng.choice(tuple(FRAME_COLOURS)), rng),
-                       width=max(2, round(0.08 * s)))
     else:
         draw.rectangle((x0, cy - s / 10, x1, cy + s / 10), fill=color)
         draw.rectangle((cx - s / 10, y0, cx + s / 10, y1), fill=color)
@@ -233,17 +238,17 @@ def write_multiscale_split(out: Path, num_images: int, seed: int, cfg: Multiscal
         placed: list[dict] = []  # {"box", "cls", "covers": [boxes drawn over it], "keep": box never covered}
         for frac in fracs:
             s = frac * size
-            panels = [p for p in placed if p["cls"] == "panel"
-                      and (p["box"][2] - p["box"][0]) * (1 - 2 * _PANEL_INSET) > s]
+            plate = s * 1.12 + 2 * _PLATE_MARGIN  # the largest a plate of this size gets (aspect 1.25)
+            panels = [p for p in placed if p["cls"].startswith("panel_")
+                      and min(p["box"][2] - p["box"][0], p["box"][3] - p["box"][1]) > _PLATE_ROOM * plate]
             kinds = _classes_at(frac, bool(panels))
             kind = rng.choices(kinds, weights=[_WEIGHTS[k] for k in kinds])[0]
             for _attempt in range(100):
-                if kind == "mark":
+                if kind == "mark":  # the plate inside the panel, with room to spare
                     host = rng.choice(panels)
                     hx0, hy0, hx1, hy1 = host["box"]
-                    inset = _PANEL_INSET * min(hx1 - hx0, hy1 - hy0)
-                    cx = rng.uniform(hx0 + inset + s / 2, hx1 - inset - s / 2)
-                    cy = rng.uniform(hy0 + inset + s / 2, hy1 - inset - s / 2)
+                    cx = rng.uniform(hx0 + plate / 2 + 2, hx1 - plate / 2 - 2)
+                    cy = rng.uniform(hy0 + plate / 2 + 2, hy1 - plate / 2 - 2)
                 else:
                     cx, cy = rng.uniform(s / 2, size - s / 2), rng.uniform(s / 2, size - s / 2)
                 box = _box(cx, cy, s, rng)
@@ -253,21 +258,23 @@ def write_multiscale_split(out: Path, num_images: int, seed: int, cfg: Multiscal
                 if any(_overlap(box, p["box"]) > _MAX_IOU * (area + _area(p["box"]) - _overlap(box, p["box"]))
                        for p in placed):
                     continue  # two objects in nearly one place are one detection, not two
-                if any(_overlap(box, p["box"]) > 0 and (
-                        _visible_after(p["box"], p["covers"], box) < 1 - _MAX_COVER
-                        or (p["keep"] is not None and _overlap(box, p["keep"]) > 0)) for p in placed):
+                cover = _plate(box) if kind == "mark" else box  # what is drawn over earlier objects
+                if any(_overlap(cover, p["box"]) > 0 and (
+                        _visible_after(p["box"], p["covers"], cover) < 1 - _MAX_COVER
+                        or (p["keep"] is not None and _overlap(cover, p["keep"]) > 0)) for p in placed):
                     continue
                 break
             else:
                 if len(pending) < cfg.max_objects:
                     pending.append(frac)
                 continue
-            colour = None
             if kind == "panel":
-                cls, colour = "panel", rng.choice(tuple(FRAME_COLOURS))
-                _draw_panel(img, draw, box, colour, rng)
+                cls = f"panel_{rng.choice(tuple(PANEL_COLOURS))}"
+                _draw_panel(img, box, cls.removeprefix("panel_"), rng)
             elif kind == "mark":
-                cls = f"mark_{host['colour']}"
+                cls = f"mark_{host['cls'].removeprefix('panel_')}"
+                grey = rng.randint(90, 170)
+                draw.rectangle(cover, fill=tuple(grey + rng.randint(-8, 8) for _ in range(3)))
                 _draw_mark(draw, box, _color(rng))
             elif kind == "disc":
                 cls = rng.choice(("disc", "disc_dot"))
@@ -289,9 +296,9 @@ def write_multiscale_split(out: Path, num_images: int, seed: int, cfg: Multiscal
                 r = max(1.0, 0.05 * (box[2] - box[0]))
                 keep = (cx - 3 * r, cy - 3 * r, cx + 3 * r, cy + 3 * r)  # a plain disc's centre stays plain
             for p in placed:
-                if _overlap(box, p["box"]) > 0:
-                    p["covers"].append(box)
-            placed.append({"box": box, "cls": cls, "colour": colour, "covers": [], "keep": keep})
+                if _overlap(cover, p["box"]) > 0:
+                    p["covers"].append(cover)
+            placed.append({"box": box, "cls": cls, "covers": [], "keep": keep})
         # stray marks: the marks' look outside any panel, and not objects
         for _ in range(rng.randint(*cfg.stray_marks)):
             s = size * math.exp(rng.uniform(lo, math.log(min(cfg.max_size, _RANGES["mark"][1]))))
