@@ -278,3 +278,15 @@ def test_per_class_table_is_the_mean_over_seeds_of_each_class():
     assert "| network | a | b |" in text
     assert "| n | 0.30 | 0.80 |" in text and "| m | 0.10 | – |" in text
     assert per_class_table([{"network": "n"}], [{"network": "n", "val": {"map50": 0.5}}]) == ""
+
+
+def test_a_floor_only_report_shows_the_floor_not_the_other_jobs_of_the_folder(data, tmp_path):
+    out = tmp_path / "mixed"
+    full = [a for a in _command(data, out, "--graphs", "nasfpn:1", seeds=("0",)) if a != "--floor-only"]
+    first = subprocess.run(full, capture_output=True, text=True, timeout=300, env=_env())
+    assert first.returncode == 0, first.stderr[-2000:]
+    res = tmp_path / "floor.json"
+    report = subprocess.run(_command(data, out, "--report", "--results", str(res), seeds=("0",)), capture_output=True,
+                            text=True, timeout=300, env=_env())
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert sorted(r["network"] for r in json.loads(res.read_text())["table"]) == ["bifpn", "fpn", "nofusion"]

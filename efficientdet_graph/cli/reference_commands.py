@@ -209,14 +209,16 @@ def cmd_reference(args: argparse.Namespace) -> int:
                 p.join()
             # a child killed mid-job leaves it RUNNING with a dead pid: finish what is left here
             build.work(say=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)))
-    return _report(args, build, [n.name for n in nets if n.key in floor_keys])
+    return _report(args, build, [n.name for n in nets if n.key in floor_keys], {n.key for n in nets})
 
 
-def _report(args: argparse.Namespace, build, floor: list[str]) -> int:
+def _report(args: argparse.Namespace, build, floor: list[str], keys: set[str]) -> int:
     from ..search.reference import gate, summarize
     from ..search.reference_report import write_reference_results
 
-    rows = build.rows()
+    # this command's networks only: a --floor-only report of a folder that also holds the
+    # full table's jobs shows the floor
+    rows = [r for r in build.rows() if r["key"] in keys]
     table = summarize(rows)
     verdict = gate(table, floor=tuple(floor), min_seeds=len(args.floor_seeds)) if floor else {"passed": None}
     counts = build.queue.counts()
