@@ -290,3 +290,20 @@ def test_a_floor_only_report_shows_the_floor_not_the_other_jobs_of_the_folder(da
                             text=True, timeout=300, env=_env())
     assert report.returncode == 0, report.stderr[-2000:]
     assert sorted(r["network"] for r in json.loads(res.read_text())["table"]) == ["bifpn", "fpn", "nofusion"]
+
+
+def test_a_job_setting_reuses_the_shared_backbone_a_pretraining_setting_does_not(data, tmp_path):
+    out = tmp_path / "shared"
+    cmd = _command(data, out, seeds=("0",))
+    i = cmd.index("pretrain_epochs=0")
+    base = cmd[:i - 1] + cmd[i + 1:]  # without TINY's "--schedule pretrain_epochs=0"
+    runs = [["--schedule", "pretrain_epochs=1", "--schedule", "epochs=1"],
+            ["--schedule", "pretrain_epochs=1", "--schedule", "epochs=2"],           # a job setting
+            ["--schedule", "pretrain_epochs=1", "--schedule", "pretrain_lr=0.001"]]  # a pre-training one
+    folders = []
+    for extra in runs:
+        run = subprocess.run(base + extra, capture_output=True, text=True, timeout=300, env=_env())
+        assert run.returncode == 0, run.stderr[-2000:]
+        folders.append(sorted(p.name for p in out.glob("pretrain-*")))
+    assert len(folders[0]) == 1 and folders[1] == folders[0]  # epochs=2 trained no second backbone
+    assert len(folders[2]) == 2

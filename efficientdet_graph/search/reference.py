@@ -66,18 +66,33 @@ class Schedule:
     pretrain_epochs: int = 10
     pretrain_task: str = "classify"
     pretrain_graph: str = "nofusion"
+    # the pre-training's own batch and learning rate: a job setting (batch_size, lr, epochs)
+    # can change without training the shared backbone again
+    pretrain_batch_size: int = 16
+    pretrain_lr: float = 4e-3
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "channels", "repeat", "epochs", "batch_size", "threads"):
+        for name in ("image_size", "channels", "repeat", "epochs", "batch_size", "threads", "pretrain_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"schedule {name} must be >= 1, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"schedule lr must be a positive number, got {self.lr}")
+        for name in ("lr", "pretrain_lr"):
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise ConfigError(f"schedule {name} must be a positive number, got {getattr(self, name)}")
         if self.pretrain_task not in ("classify", "detect"):
             raise ConfigError(f"schedule pretrain_task must be classify or detect, got {self.pretrain_task!r}")
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+    def pretrain_fingerprint(self) -> str:
+        """The fields the shared backbone depends on (the detector's shape only where it is
+        pre-trained inside one)."""
+        fields = ["backbone", "image_size", "augment", "threads", "pretrain_epochs", "pretrain_task",
+                  "pretrain_batch_size", "pretrain_lr"]
+        if self.pretrain_task == "detect":
+            fields += ["channels", "repeat", "head_repeat", "anchor_scale", "pretrain_graph"]
+        key = {f: getattr(self, f) for f in fields}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
 
 @dataclass(frozen=True)
@@ -165,12 +180,13 @@ def _model_yaml(net: Network, schedule: Schedule, num_classes: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_id(data: str, schedule: Schedule) -> str:
-    """The schedule's fingerprint and the data's: a backbone or a job trained on other data
-    (a regenerated or changed task, another --data folder) is never resumed as this one."""
+def build_id(data: str, schedule: Schedule, fingerprint: str | None = None) -> str:
+    """The schedule's fingerprint (or ``fingerprint``) and the data's: a backbone or a job
+    trained on other data (a regenerated or changed task, another --data folder) is never
+    resumed as this one."""
     from ..train.data import resolve_data
 
-    h = hashlib.sha256(schedule.fingerprint().encode())
+    h = hashlib.sha256((fingerprint or schedule.fingerprint()).encode())
     for split in ("train", "val", "test"):
         try:
             ann = resolve_data(data, split)[0]
@@ -191,7 +207,7 @@ def pretrained_backbone(out: Path, data: str, schedule: Schedule, say: Callable[
     from ..train import TrainConfig, train
     from ..train.data import Augment, num_categories, resolve_data
 
-    work = out / f"pretrain-{build_id(data, schedule)}"
+    work = out / f"pretrain-{build_id(data, schedule, schedule.pretrain_fingerprint())}"
     done, backbone = work / "done.json", work / "backbone.pt"
     work.mkdir(parents=True, exist_ok=True)
     with locked(work / ".lock"):
@@ -211,8 +227,8 @@ def pretrained_backbone(out: Path, data: str, schedule: Schedule, say: Callable[
         torch.set_num_threads(schedule.threads)
         try:
             summary = train(TrainConfig(model=str(work / "model.yaml"), data=data, out=str(work),
-                                        epochs=schedule.pretrain_epochs, batch_size=schedule.batch_size,
-                                        lr=schedule.lr, seed=0, workers=0, eval_every=schedule.pretrain_epochs,
+                                        epochs=schedule.pretrain_epochs, batch_size=schedule.pretrain_batch_size,
+                                        lr=schedule.pretrain_lr, seed=0, workers=0, eval_every=schedule.pretrain_epochs,
                                         resume=(work / "last.pt").exists(), quiet=True,
                                         augment=Augment() if schedule.augment else None))
         finally:
@@ -252,7 +268,7 @@ def _classify_backbone(work: Path, data: str, schedule: Schedule, backbone: Path
     try:
         ann, img = resolve_data(data, "train")
         state = pretrain_classifier(schedule.backbone, ann, img, schedule.image_size, schedule.pretrain_epochs, work,
-                                    schedule.batch_size, schedule.lr, seed=0, say=say)
+                                    schedule.pretrain_batch_size, schedule.pretrain_lr, seed=0, say=say)
     finally:
         torch.set_num_threads(threads)
     _save_backbone(backbone, {f"backbone.{k}": v for k, v in state.items()}, schedule)
