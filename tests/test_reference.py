@@ -307,3 +307,17 @@ def test_a_job_setting_reuses_the_shared_backbone_a_pretraining_setting_does_not
         folders.append(sorted(p.name for p in out.glob("pretrain-*")))
     assert len(folders[0]) == 1 and folders[1] == folders[0]  # epochs=2 trained no second backbone
     assert len(folders[2]) == 2
+
+
+def test_the_default_schedule_keeps_the_fingerprint_of_the_committed_build():
+    """Settings added to the schedule after a build was committed must not orphan it: the
+    default schedule hashes as the settings that existed then, written out here."""
+    import hashlib
+
+    from efficientdet_graph.search.reference import Schedule
+
+    then = {"backbone": "tinynet_e", "image_size": 192, "channels": 32, "repeat": 2, "head_repeat": 2,
+            "anchor_scale": 1.5, "epochs": 5, "batch_size": 16, "lr": 4e-3, "augment": True, "threads": 1,
+            "pretrain_epochs": 10, "pretrain_task": "classify", "pretrain_graph": "nofusion"}
+    assert Schedule().fingerprint() == hashlib.sha256(json.dumps(then, sort_keys=True).encode()).hexdigest()[:10]
+    assert Schedule(pretrain_lr=1e-3).fingerprint() != Schedule().fingerprint()

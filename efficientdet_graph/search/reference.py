@@ -82,7 +82,12 @@ class Schedule:
             raise ConfigError(f"schedule pretrain_task must be classify or detect, got {self.pretrain_task!r}")
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        fields = asdict(self)
+        # a setting added later is left out while it reproduces the behaviour from before
+        # it existed, so a committed build (its journal, its jobs) stays the same build
+        if (self.pretrain_batch_size, self.pretrain_lr) == (self.batch_size, self.lr) == (16, 4e-3):
+            del fields["pretrain_batch_size"], fields["pretrain_lr"]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
     def pretrain_fingerprint(self) -> str:
         """The fields the shared backbone depends on (the detector's shape only where it is
