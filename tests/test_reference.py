@@ -289,7 +289,11 @@ def test_a_floor_only_report_shows_the_floor_not_the_other_jobs_of_the_folder(da
     report = subprocess.run(_command(data, out, "--report", "--results", str(res), seeds=("0",)), capture_output=True,
                             text=True, timeout=300, env=_env())
     assert report.returncode == 0, report.stderr[-2000:]
-    assert sorted(r["network"] for r in json.loads(res.read_text())["table"]) == ["bifpn", "fpn", "nofusion"]
+    doc = json.loads(res.read_text())
+    assert sorted(r["network"] for r in doc["table"]) == ["bifpn", "fpn", "nofusion"]
+    # every run keeps the AP50 of each class present in its 4 search-val images
+    assert all(sum(k.startswith("ap50/") for k in run["val"]) >= 3 for run in doc["runs"])
+    assert "AP@0.5 per class" in res.with_suffix(".md").read_text()
 
 
 def test_a_job_setting_reuses_the_shared_backbone_a_pretraining_setting_does_not(data, tmp_path):

@@ -321,8 +321,9 @@ def run_job(spec: dict, data: str, job_dir: Path, init: Path | None = None, quie
     prof = profile_model(model)
     attrs = {
         "network": spec["network"]["name"], "seed": int(spec["seed"]),
-        "val": {k: float(val[k]) for k in ("map", "map50", "map75") if k in val},
-        "test": {k: float(test[k]) for k in ("map", "map50", "map75") if k in test},
+        # with each class's AP50: which classes a network learns (a context class at chance)
+        "val": {k: float(v) for k, v in val.items() if k in ("map", "map50", "map75") or k.startswith("ap50/")},
+        "test": {k: float(v) for k, v in test.items() if k in ("map", "map50", "map75") or k.startswith("ap50/")},
         "flops": int(prof.flops), "params": int(prof.params),
         "fpn_flops": int(prof.components["fpn"]["flops"]), "fpn_params": int(prof.components["fpn"]["params"]),
         "wall_s": round(time.perf_counter() - t0, 1), "threads": schedule.threads,
