@@ -71,3 +71,25 @@ def test_per_class_ap50_against_a_hand_computed_example(tmp_path):
     assert m["map50"] == pytest.approx(0.75)
     assert coco_eval(path, []) == {**dict.fromkeys(("map", "map50", "map75", "map_small", "map_medium", "map_large"),
                                                    0.0), "ap50/a": 0.0, "ap50/b": 0.0}
+
+
+def test_class_naming_against_a_hand_computed_example(tmp_path):
+    """Object a1 is covered by a b detection (0.9) and an a detection (0.5): found, named
+    wrong. Object b1 is covered by a b detection: found, named right. Object a2 has only a
+    detection at IoU 1/3 (< 0.5) and one below the score floor: not found."""
+    from efficientdet_graph.train.evaluate import class_naming
+
+    coco = {"images": [{"id": 1, "width": 100, "height": 100}],
+            "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]},
+                            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [50, 50, 10, 10]},
+                            {"id": 3, "image_id": 1, "category_id": 1, "bbox": [20, 20, 10, 10]}]}
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(coco))
+    preds = [{"image_id": 1, "category_id": 2, "bbox": [0, 0, 10, 10], "score": 0.9},
+             {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.5},
+             {"image_id": 1, "category_id": 2, "bbox": [50, 50, 10, 10], "score": 0.7},
+             {"image_id": 1, "category_id": 1, "bbox": [25, 20, 10, 10], "score": 0.9},   # IoU 50/150
+             {"image_id": 1, "category_id": 1, "bbox": [20, 20, 10, 10], "score": 0.01}]  # below 0.05
+    got = class_naming(path, preds)
+    assert got == {"found/a": 0.5, "named/a": 0.0, "found/b": 1.0, "named/b": 1.0}

@@ -208,7 +208,13 @@ def test_eval_and_predict_cli(data, tmp_path):
                                     "--results", str(res)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     metrics = json.loads(r.stdout)
-    assert set(metrics) == {"map", "map50", "map75", "map_small", "map_medium", "map_large"}
+    main = {"map", "map50", "map75", "map_small", "map_medium", "map_large"}
+    classes = {k.split("/", 1)[1] for k in metrics if "/" in k}
+    assert main <= set(metrics) and classes  # and per class: AP50, found, named right
+    assert set(metrics) == main | {f"{kind}/{c}" for kind in ("ap50", "found", "named") for c in classes}
+    text = subprocess.run(edg_cmd() + ["eval", str(tmp_path / "run/last.pt"), "--data", str(data)],
+                          capture_output=True, text=True, timeout=300)
+    assert text.returncode == 0 and "named right" in text.stdout, text.stderr
     preds = json.loads(res.read_text())
     assert preds and {"image_id", "category_id", "bbox", "score"} <= set(preds[0])
     r = subprocess.run(edg_cmd() + ["predict", str(tmp_path / "run/last.pt"), str(data / "val/images/000000.png"),

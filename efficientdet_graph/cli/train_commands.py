@@ -242,7 +242,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         names = {"map": "AP", "map50": "AP50", "map75": "AP75", "map_small": "AP_small",
                  "map_medium": "AP_medium", "map_large": "AP_large"}
-        print("  ".join(f"{names[k]} {v:.3f}" for k, v in metrics.items()))
+        print("  ".join(f"{names[k]} {v:.3f}" for k, v in metrics.items() if k in names))
+        classes = [k.removeprefix("ap50/") for k in metrics if k.startswith("ap50/")]
+        if classes:
+            width = max(map(len, classes))
+            print(f"{'class':<{width}}   AP50  found  named right (of those found)")
+            for c in classes:
+                print(f"{c:<{width}}  {metrics[f'ap50/{c}']:.3f}  {metrics.get(f'found/{c}', 0):.3f}  "
+                      f"{metrics.get(f'named/{c}', 0):.3f}")
     if args.results:
         print(f"predictions: {args.results}", file=sys.stderr)
     return 0

@@ -321,9 +321,10 @@ def run_job(spec: dict, data: str, job_dir: Path, init: Path | None = None, quie
     prof = profile_model(model)
     attrs = {
         "network": spec["network"]["name"], "seed": int(spec["seed"]),
-        # with each class's AP50: which classes a network learns (a context class at chance)
-        "val": {k: float(v) for k, v in val.items() if k in ("map", "map50", "map75") or k.startswith("ap50/")},
-        "test": {k: float(v) for k, v in test.items() if k in ("map", "map50", "map75") or k.startswith("ap50/")},
+        # with each class's AP50 and found/named shares: which classes a network learns (a
+        # context class found but named at chance)
+        "val": {k: float(v) for k, v in val.items() if k in ("map", "map50", "map75") or "/" in k},
+        "test": {k: float(v) for k, v in test.items() if k in ("map", "map50", "map75") or "/" in k},
         "flops": int(prof.flops), "params": int(prof.params),
         "fpn_flops": int(prof.components["fpn"]["flops"]), "fpn_params": int(prof.components["fpn"]["params"]),
         "wall_s": round(time.perf_counter() - t0, 1), "threads": schedule.threads,

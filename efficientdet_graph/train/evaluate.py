@@ -13,7 +13,7 @@ from .._io import atomic_write_text
 from ..model import EfficientDet
 from .data import CocoDetection, collate
 
-__all__ = ["predict_dataset", "coco_eval", "evaluate", "draw_detections"]
+__all__ = ["predict_dataset", "coco_eval", "class_naming", "evaluate", "draw_detections"]
 
 METRIC_NAMES = ("map", "map50", "map75", "map_small", "map_medium", "map_large")
 
@@ -73,6 +73,49 @@ def coco_eval(annotations: Path, results: list[dict], image_ids: list[int] | Non
     return metrics
 
 
+def class_naming(annotations: Path, results: list[dict], image_ids: list[int] | None = None, iou: float = 0.5,
+                 min_score: float = 0.05) -> dict[str, float]:
+    """Per class: ``found/<name>``, the share of its objects that some detection (of any
+    class, score >= ``min_score``) covers at IoU >= ``iou``, and ``named/<name>``, the share
+    of those found whose best-scoring covering detection has the right class. AP mixes the
+    two; a context class that is found but named at chance (1/k among k look-alikes) shows
+    here."""
+    import numpy as np
+
+    coco = json.loads(Path(annotations).read_text())
+    keep = None if image_ids is None else set(image_ids)
+    names = {c["id"]: c["name"] for c in coco.get("categories", [])}
+    dets: dict[int, list] = {}
+    for r in results:
+        if r["score"] >= min_score:
+            dets.setdefault(r["image_id"], []).append(r)
+    counts = {c: [0, 0, 0] for c in names}  # objects, found, named right
+    for a in coco.get("annotations", []):
+        if a.get("iscrowd") or (keep is not None and a["image_id"] not in keep) or a["category_id"] not in counts:
+            continue
+        c = counts[a["category_id"]]
+        c[0] += 1
+        mine = dets.get(a["image_id"], [])
+        if not mine:
+            continue
+        x, y, w, h = a["bbox"]
+        b = np.array([d["bbox"] for d in mine], dtype=float)
+        iw = np.clip(np.minimum(x + w, b[:, 0] + b[:, 2]) - np.maximum(x, b[:, 0]), 0, None)
+        ih = np.clip(np.minimum(y + h, b[:, 1] + b[:, 3]) - np.maximum(y, b[:, 1]), 0, None)
+        inter = iw * ih
+        over = inter / (w * h + b[:, 2] * b[:, 3] - inter) >= iou
+        if over.any():
+            c[1] += 1
+            best = max((d for d, o in zip(mine, over) if o), key=lambda d: d["score"])
+            c[2] += best["category_id"] == a["category_id"]
+    out = {}
+    for cat, (n, found, right) in counts.items():
+        if n:
+            out[f"found/{names[cat]}"] = found / n
+            out[f"named/{names[cat]}"] = right / found if found else 0.0
+    return out
+
+
 def _with_defaults(coco: dict) -> dict:
     """The file's annotations with the fields pycocotools needs and a COCO file may
     leave out (``iscrowd`` 0, ``area`` from the box, a ``segmentation``-free entry)."""
@@ -103,7 +146,8 @@ def evaluate(model: EfficientDet | str | Path, data: CocoDetection | str | Path,
     results = predict_dataset(model, data, batch_size, device)
     if results_path is not None:
         atomic_write_text(results_path, json.dumps(results))
-    return coco_eval(data.annotations, results, [item["id"] for item in data.items])
+    ids = [item["id"] for item in data.items]
+    return {**coco_eval(data.annotations, results, ids), **class_naming(data.annotations, results, ids)}
 
 
 def draw_detections(image_path: Path, detections: list[dict], names: dict[int, str], out: Path,
