@@ -123,8 +123,11 @@ def test_batched_loss_equals_detection_loss(task):
     labels, codes = task._targets(model)
     idx = list(range(8))
     cls_out, box_out = model(task._batch(task.train_feats, idx))
-    ours = task._loss(cls_out, box_out, labels[:8], codes[:8])
-    reference = DetectionLoss(model.anchors, task.num_classes)(cls_out, box_out, [task.train_targets[i] for i in idx])
+    loss = DetectionLoss(model.anchors, task.num_classes)
+    ours = task._loss(cls_out, box_out, labels[:8], codes[:8], loss)
+    # the train stage's loss matching this batch on the fly, anchors placed as edg train does
+    side = (task.config.image_size, task.config.image_size)
+    reference = loss(cls_out, box_out, [task.train_targets[i] for i in idx], image_size=side)
     torch.testing.assert_close(ours, reference["loss"], rtol=1e-4, atol=1e-5)
 
 

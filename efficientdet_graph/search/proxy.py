@@ -58,9 +58,7 @@ from typing import Callable
 
 import networkx as nx
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import sigmoid_focal_loss
 
 from .._io import atomic_write_text, locked
 from ..compile import compile_graph
@@ -72,9 +70,8 @@ from ..model.backbone import Backbone
 from ..model.heads import Head
 from ..ops import CompileOptions
 from ..compile import level_size
-from ..model.anchors import encode_boxes
-from ..train import (CocoDetection, LossConfig, TrainConfig, coco_eval, make_synthetic, match_anchors, resolve_data,
-                     train)
+from ..train import CocoDetection, DetectionLoss, LossConfig, TrainConfig, coco_eval, make_synthetic, resolve_data, train
+from ..train.targets import Assignment
 from ..train.data import num_categories, seeded_order
 
 __all__ = ["ProxyConfig", "ProxyResult", "ProxyTask", "ProxyModel", "CACHE_FORMAT", "loader_workers"]
@@ -375,35 +372,27 @@ class ProxyTask:
 
     def _targets(self, model: ProxyModel) -> tuple[torch.Tensor, torch.Tensor]:
         """Per training sample and anchor: the class (-1 negative, -2 ignored) and box
-        codes, matched once per anchor layout (``match_anchors``, as ``DetectionLoss``)."""
+        codes, matched once per anchor layout by the train stage's own ``DetectionLoss.assign``
+        (the same matching, anchor placement included, as ``edg train``)."""
         key = tuple(model.levels)
         if key not in self._target_cache:
-            anchors = model.anchors.boxes(self._sizes(model.levels))
-            labels = torch.full((len(self.train_targets), anchors.shape[0]), -1, dtype=torch.long)
-            codes = torch.zeros(len(self.train_targets), anchors.shape[0], 4)
-            for i, t in enumerate(self.train_targets):
-                match, _ = match_anchors(anchors, t["boxes"], self.loss_config)
-                pos = match >= 0
-                labels[i, match == -2] = -2
-                if pos.any():
-                    labels[i, pos] = t["labels"][match[pos]]
-                    codes[i, pos] = encode_boxes(t["boxes"][match[pos]], anchors[pos])
-            self._target_cache[key] = (labels, codes)
+            loss = DetectionLoss(model.anchors, self.num_classes, self.loss_config)
+            sizes, side = self._sizes(model.levels), (self.config.image_size, self.config.image_size)
+            labels, codes = [], []
+            for start in range(0, len(self.train_targets), 256):
+                a = loss.assign(self.train_targets[start:start + 256], sizes, image_size=side)
+                dense = torch.zeros(*a.labels.shape, 4)
+                dense[a.labels >= 0] = a.codes  # codes come in the order of labels >= 0
+                labels.append(a.labels)
+                codes.append(dense)
+            self._target_cache[key] = (torch.cat(labels), torch.cat(codes))
         return self._target_cache[key]
 
     def _loss(self, cls_outputs: list[torch.Tensor], box_outputs: list[torch.Tensor], labels: torch.Tensor,
-              codes: torch.Tensor) -> torch.Tensor:
-        """``DetectionLoss`` on a batch at once, from pre-matched targets (same value)."""
-        cfg, b, c = self.loss_config, labels.shape[0], self.num_classes
-        cls = torch.cat([x.permute(0, 2, 3, 1).reshape(b, -1, c) for x in cls_outputs], 1)
-        box = torch.cat([x.permute(0, 2, 3, 1).reshape(b, -1, 4) for x in box_outputs], 1)
+              codes: torch.Tensor, loss: DetectionLoss) -> torch.Tensor:
+        """The train stage's ``DetectionLoss``, given the batch's pre-matched targets."""
         pos = labels >= 0
-        one_hot = F.one_hot(labels.clamp(min=0), c).float() * pos.unsqueeze(-1)
-        focal = sigmoid_focal_loss(cls, one_hot, alpha=cfg.alpha, gamma=cfg.gamma, reduction="none")
-        cls_sum = (focal * (labels != -2).unsqueeze(-1)).sum()
-        box_sum = F.huber_loss(box[pos], codes[pos], delta=cfg.huber_delta, reduction="sum") / 4.0
-        n = pos.sum().clamp(min=1)
-        return (cls_sum + cfg.box_weight * box_sum) / n
+        return loss(cls_outputs, box_outputs, assignment=Assignment(labels, codes[pos], pos.sum().float()))["loss"]
 
     @staticmethod
     def _batch(feats: dict[int, torch.Tensor], idx: list[int]) -> dict[int, torch.Tensor]:
@@ -427,6 +416,7 @@ class ProxyTask:
             torch.manual_seed(seed)
             model = self.build_model(graph, channels)
             labels, codes = self._targets(model)
+            loss_fn = DetectionLoss(model.anchors, self.num_classes, self.loss_config)
             opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
             n = len(self.train_targets)
             steps = max(1, n // cfg.batch_size)
@@ -450,7 +440,7 @@ class ProxyTask:
                     idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
                     cls_out, box_out = model(self._batch(self.train_feats, idx))
                     index = torch.tensor(idx)
-                    loss = self._loss(cls_out, box_out, labels[index], codes[index])
+                    loss = self._loss(cls_out, box_out, labels[index], codes[index], loss_fn)
                     if not torch.isfinite(loss):
                         raise EdgError(f"proxy training diverged (loss {loss.item()}) at epoch {epoch + 1}; "
                                        "lower ProxyConfig.lr")
