@@ -82,6 +82,7 @@ def _scores(path: str) -> dict[str, float]:
 def _zero_cost(doc: dict, table: list[dict], name: str, path: str) -> tuple[dict[str, float], dict]:
     """Every table network's training-free score, on the shapes of the file's schedule."""
     import statistics
+    from dataclasses import asdict
 
     import torch
 
@@ -103,12 +104,14 @@ def _zero_cost(doc: dict, table: list[dict], name: str, path: str) -> tuple[dict
     try:
         scores, seconds = {}, {}
         for r in table:
-            graph = build_graph(*load_spec_text(r["graph_yaml"], f"{path}#{r['network']}"))
-            scores[r["network"]], seconds[r["network"]] = zero_cost_score(name, graph, int(r.get("repeat") or 1),
-                                                                          settings)
+            repeat = r.get("repeat") or 1
+            if isinstance(repeat, bool) or not isinstance(repeat, int) or not 1 <= repeat <= 64:
+                raise SearchError(f"reference {path}: {r['network']}: repeat {repeat!r} is not a whole number 1..64")
+            graph = build_graph(*load_spec_text(str(r["graph_yaml"]), f"{path}#{r['network']}"))
+            scores[r["network"]], seconds[r["network"]] = zero_cost_score(name, graph, repeat, settings)
     finally:
         torch.set_num_threads(threads)
-    return scores, {"score": name, "settings": settings.__dict__, "scores": scores, "seconds": seconds,
+    return scores, {"score": name, "settings": asdict(settings), "scores": scores, "seconds": seconds,
                     "median_seconds": statistics.median(seconds.values())}
 
 
