@@ -313,15 +313,16 @@ def test_a_job_setting_reuses_the_shared_backbone_a_pretraining_setting_does_not
     assert len(folders[2]) == 2
 
 
-def test_the_default_schedule_keeps_the_fingerprint_of_the_committed_build():
-    """Settings added to the schedule after a build was committed must not orphan it: the
-    default schedule hashes as the settings that existed then, written out here."""
+def test_the_default_schedule_hashes_every_setting():
+    """The fingerprint names a build: it is the hash of every setting, written out here by
+    hand, so a setting added or changed is a new build, never a resumed old one."""
     import hashlib
 
     from efficientdet_graph.search.reference import Schedule
 
-    then = {"backbone": "tinynet_e", "image_size": 192, "channels": 32, "repeat": 2, "head_repeat": 2,
-            "anchor_scale": 1.5, "epochs": 5, "batch_size": 16, "lr": 4e-3, "augment": True, "threads": 1,
-            "pretrain_epochs": 10, "pretrain_task": "classify", "pretrain_graph": "nofusion"}
-    assert Schedule().fingerprint() == hashlib.sha256(json.dumps(then, sort_keys=True).encode()).hexdigest()[:10]
+    now = {"backbone": "lcnet_050", "image_size": 192, "channels": 32, "repeat": 1, "head_repeat": 1,
+           "anchor_scale": 1.5, "epochs": 15, "batch_size": 16, "lr": 4e-3, "augment": True, "threads": 1,
+           "pretrain_epochs": 10, "pretrain_task": "classify", "pretrain_graph": "nofusion",
+           "pretrain_batch_size": 16, "pretrain_lr": 4e-3}
+    assert Schedule().fingerprint() == hashlib.sha256(json.dumps(now, sort_keys=True).encode()).hexdigest()[:10]
     assert Schedule(pretrain_lr=1e-3).fingerprint() != Schedule().fingerprint()

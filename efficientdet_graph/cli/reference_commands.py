@@ -44,6 +44,8 @@ def register_search(s: argparse._SubParsersAction) -> None:
     q.add_argument("--storage", default=None, help="job storage: journal file (default OUT/jobs.journal) or "
                                                    "postgresql://... shared by several machines")
     q.add_argument("--workers", type=int, default=1, help="local worker processes (one core each)")
+    q.add_argument("--device", default="cpu", help="where jobs train and are scored: cpu (default) or cuda[:N]; "
+                   "not part of the schedule (float32 on both), recorded in each row")
     q.add_argument("--report", action="store_true", help="only write the results from what is finished")
     q.add_argument("--results", default=None, help="write the table (JSON) here; a .md table beside it")
     q.add_argument("--no-gate", action="store_true",
@@ -102,7 +104,7 @@ def _data(args: argparse.Namespace) -> str:
         if not (root / "test" / "annotations.json").exists():
             n_train, n_val, n_test = TASK_SIZES[args.task]
             print(f"generating the {args.task} task into {root} ({n_train}/{n_val}/{n_test} images)", file=sys.stderr)
-            make_multiscale(root, n_train, n_val, n_test, seed=0)
+            make_multiscale(root, n_train, n_val, n_test, seed=0, workers=args.workers)
     return str(root)
 
 
@@ -144,7 +146,7 @@ def _worker(args_dict: dict, index: int) -> int:
     build = _build(args)
     say = (lambda m: None) if args.quiet else (lambda m: print(f"[worker {index}] {m}", flush=True))
     try:
-        return build.work(say=say)
+        return build.work(say=say, keys=set(args.job_keys))
     except KeyboardInterrupt:
         print(f"[worker {index}] stopped; its job is back in the queue", flush=True)
         return 0
@@ -155,17 +157,29 @@ def _build(args: argparse.Namespace):
 
     schedule = _schedule(args.schedule)
     name = f"reference-{Path(args.data).name if args.data else args.task}"
-    return ReferenceBuild(name, args.out, _data(args), schedule, args.storage, heartbeat=args.heartbeat)
+    return ReferenceBuild(name, args.out, _data(args), schedule, args.storage, heartbeat=args.heartbeat,
+                          device=args.device)
 
 
 def cmd_reference(args: argparse.Namespace) -> int:
     import multiprocessing
     import time
 
+    from ..search.reference import job_key
+
     if args.workers < 1 or args.workers > 64:
         raise _BadArgs(f"--workers {args.workers}: allowed 1..64")
     if args.sampled < 0:
         raise _BadArgs(f"--sampled {args.sampled}: must be >= 0")
+    import re
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        raise _BadArgs(f"--device {args.device!r}: expected cpu, cuda or cuda:N")
+    if args.device != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise _BadArgs(f"--device {args.device}: CUDA is not available on this machine")
     for flag, seeds in (("--seeds", args.seeds), ("--floor-seeds", args.floor_seeds)):
         if any(not 0 <= s < 2**31 for s in seeds) or len(set(seeds)) != len(seeds):
             raise _BadArgs(f"{flag} {' '.join(map(str, seeds))}: seeds must be distinct, 0..2147483647")
@@ -180,11 +194,15 @@ def cmd_reference(args: argparse.Namespace) -> int:
         floor = [n for n in nets if n.key in floor_keys]
         rest = [n for n in nets if n.key not in floor_keys]
         added = build.add(floor, args.floor_seeds) + build.add(rest, args.seeds)
+        # this command's jobs only: the same folder's queue may also hold a larger table's
+        args.job_keys = sorted({job_key(n, s) for n in floor for s in args.floor_seeds}
+                               | {job_key(n, s) for n in rest for s in args.seeds})
+        keys = set(args.job_keys)
         counts = build.queue.counts()
         print(f"{len(nets)} networks; {added} job(s) added; jobs: "
               + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), file=sys.stderr)
         if args.workers == 1:
-            build.work(say=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)))
+            build.work(say=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)), keys=keys)
         else:
             import signal
 
@@ -208,7 +226,7 @@ def cmd_reference(args: argparse.Namespace) -> int:
             for p in procs:
                 p.join()
             # a child killed mid-job leaves it RUNNING with a dead pid: finish what is left here
-            build.work(say=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)))
+            build.work(say=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)), keys=keys)
     return _report(args, build, [n.name for n in nets if n.key in floor_keys], {n.key for n in nets})
 
 

@@ -25,8 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val", type=bounded(int, 0, 1_000_000), default=None, help="default: 128 (multiscale 256)")
     p.add_argument("--test", type=bounded(int, 0, 1_000_000), default=256, help="test images (multiscale only)")
     p.add_argument("--size", type=bounded(int, 16, 8192), default=None, help="image side (default 128; multiscale 192)")
-    p.add_argument("--classes", type=bounded(int, 1, 10_000), default=3, help="classes (shapes only; multiscale has 8)")
+    p.add_argument("--classes", type=bounded(int, 1, 10_000), default=3, help="classes (shapes only; multiscale has 10)")
     p.add_argument("--seed", type=bounded(int, 0, 2**31 - 1), default=0)
+    p.add_argument("--workers", type=bounded(int, 1, 256), default=1,
+                   help="processes writing images (multiscale only; the files do not depend on it)")
     p.set_defaults(handler=cmd_data)
 
     p = sub.add_parser("train", help="train a model spec on COCO-format or synthetic data")
@@ -164,7 +166,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
         n_train, n_val = args.train or 2048, 256 if args.val is None else args.val
         cfg = MultiscaleConfig(image_size=args.size or 192)
-        out = make_multiscale(args.out, n_train, n_val, args.test, args.seed, cfg)
+        out = make_multiscale(args.out, n_train, n_val, args.test, args.seed, cfg, args.workers)
         print(f"wrote {out}/train ({n_train} images), {out}/val ({n_val}, the search-val split) and "
               f"{out}/test ({args.test}, for final claims only), COCO format")
         return 0

@@ -33,7 +33,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Collection, Iterable
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -55,6 +55,12 @@ class Job:
     key: str
     spec: dict
     attempt: int
+
+
+def _order(t: FrozenTrial) -> int:
+    """A job's place in the queue: its first trial's number, kept by every retry (a journal
+    written before ``edg_order`` existed: the trial it retries)."""
+    return int(t.user_attrs.get("edg_order", t.user_attrs.get("edg_retry_of", t.number)))
 
 
 class JobQueue:
@@ -95,10 +101,11 @@ class JobQueue:
                 added += 1
             return added
 
-    def _enqueue(self, key: str, spec: dict, attempt: int, retry_of: int | None = None) -> None:
+    def _enqueue(self, key: str, spec: dict, attempt: int, retry: FrozenTrial | None = None) -> None:
         attrs = {"edg_key": key, "edg_job": spec, "edg_attempt": attempt}
-        if retry_of is not None:
-            attrs["edg_retry_of"] = retry_of
+        if retry is not None:
+            attrs["edg_retry_of"] = retry.number
+            attrs["edg_order"] = _order(retry)  # the place of the job's first trial in the queue
         self.study.enqueue_trial({}, user_attrs=attrs)
 
     def _guard(self):
@@ -108,9 +115,12 @@ class JobQueue:
 
     # ------------------------------------------------------------------------ claiming
 
-    def claim(self) -> Job | None:
-        """The next waiting job, now RUNNING and ours; None when none is waiting."""
-        for t in sorted(self._trials((TrialState.WAITING,)), key=lambda t: t.number):
+    def claim(self, keys: Collection[str] | None = None) -> Job | None:
+        """The next waiting job (of ``keys`` only, when given), now RUNNING and ours; None
+        when none is waiting. A job put back (interrupted, lost) keeps its place in the
+        order: it is taken before the jobs queued after it first was."""
+        waiting = [t for t in self._trials((TrialState.WAITING,)) if keys is None or t.user_attrs.get("edg_key") in keys]
+        for t in sorted(waiting, key=lambda t: (_order(t), t.number)):
             try:
                 if not self.storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
                     continue  # another worker took it
@@ -150,7 +160,7 @@ class JobQueue:
             self.storage.set_trial_state_values(job.trial_id, TrialState.FAIL)
         except UpdateFinishedTrialError:
             return
-        self._enqueue(job.key, job.spec, job.attempt, retry_of=job.number)
+        self._enqueue(job.key, job.spec, job.attempt, retry=self.storage.get_trial(job.trial_id))
 
     # ------------------------------------------------------------------------ lost jobs
 
@@ -182,23 +192,25 @@ class JobQueue:
                 continue  # another worker got there first, and requeued it
             attempt = int(t.user_attrs.get("edg_attempt", 1))
             if attempt < self.max_attempts:
-                self._enqueue(t.user_attrs["edg_key"], dict(t.user_attrs.get("edg_job", {})), attempt + 1,
-                              retry_of=t.number)
+                self._enqueue(t.user_attrs["edg_key"], dict(t.user_attrs.get("edg_job", {})), attempt + 1, retry=t)
                 requeued.append(t.number)
         return requeued
 
     # ------------------------------------------------------------------------ the loop
 
     def work(self, run: Callable[[Job], tuple[float, dict]], *, poll: float = 2.0,
-             say: Callable[[str], None] = print, stop: Callable[[], bool] = lambda: False) -> int:
-        """Claim and run jobs until none is waiting or running; returns how many this
-        worker ran. ``run`` returns (value, attributes) or raises for the job's own failure."""
+             say: Callable[[str], None] = print, stop: Callable[[], bool] = lambda: False,
+             keys: Collection[str] | None = None) -> int:
+        """Claim and run jobs (of ``keys`` only, when given: one command's share of a queue
+        that holds more) until none is waiting or running; returns how many this worker
+        ran. ``run`` returns (value, attributes) or raises for the job's own failure."""
         ran = 0
         while not stop():
             self.recover()
-            job = self.claim()
+            job = self.claim(keys)
             if job is None:
-                if not self._trials((TrialState.RUNNING,)):
+                if not [t for t in self._trials((TrialState.RUNNING,))
+                        if keys is None or t.user_attrs.get("edg_key") in keys]:
                     return ran
                 time.sleep(poll)  # others are running: wait, to take over their jobs if they die
                 continue

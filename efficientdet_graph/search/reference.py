@@ -26,7 +26,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 from .._io import atomic_write_text
 from ..errors import ConfigError, DataError, SearchError
@@ -45,13 +45,19 @@ class Schedule:
     """The reference schedule: what a user would train, sized for a 2-core CPU (one job
     is one core for a few minutes; see ``docs/reference-table.md`` for the measured cost)."""
 
-    backbone: str = "tinynet_e"
+    # PP-LCNet at 0.5 width: 3x cheaper a step than TinyNet-E on one core (0.20 against 0.59 s
+    # for a batch of 16 at 192 px, forward and backward), which buys the epochs that the
+    # context classes need (docs/reference-table.md)
+    backbone: str = "lcnet_050"
     image_size: int = 192
     channels: int = 32
-    repeat: int = 2  # layers of a named graph (a space's candidate brings its own)
-    head_repeat: int = 2
+    # one layer of a named graph (a space's candidate brings its own repeat) and one head
+    # layer: a no-fusion P3 prediction then sees 45 px around its cell, less than the
+    # marks' plates hide (docs/tasks.md); with two of each it saw 65 px
+    repeat: int = 1
+    head_repeat: int = 1
     anchor_scale: float = 1.5
-    epochs: int = 5
+    epochs: int = 15
     batch_size: int = 16
     lr: float = 4e-3
     augment: bool = True
@@ -82,12 +88,7 @@ class Schedule:
             raise ConfigError(f"schedule pretrain_task must be classify or detect, got {self.pretrain_task!r}")
 
     def fingerprint(self) -> str:
-        fields = asdict(self)
-        # a setting added later is left out while it reproduces the behaviour from before
-        # it existed, so a committed build (its journal, its jobs) stays the same build
-        if (self.pretrain_batch_size, self.pretrain_lr) == (self.batch_size, self.lr) == (16, 4e-3):
-            del fields["pretrain_batch_size"], fields["pretrain_lr"]
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
 
     def pretrain_fingerprint(self) -> str:
         """The fields the shared backbone depends on (the detector's shape only where it is
@@ -281,10 +282,15 @@ def _classify_backbone(work: Path, data: str, schedule: Schedule, backbone: Path
     return backbone
 
 
-def run_job(spec: dict, data: str, job_dir: Path, init: Path | None = None, quiet: bool = True) -> tuple[float, dict]:
+def run_job(spec: dict, data: str, job_dir: Path, init: Path | None = None, quiet: bool = True,
+            device: str = "cpu") -> tuple[float, dict]:
     """Train one (network, seed) with the reference schedule; score search-val and test.
     Resumes from ``job_dir/last.pt`` when a killed attempt left one (bit-identical to an
-    uninterrupted run on the same machine: the training loop's resume is exact)."""
+    uninterrupted run on the same machine: the training loop's resume is exact).
+
+    ``device`` is where it runs, not part of the schedule: on a GPU the job trains in
+    float32 (no mixed precision) so that its figures are the CPU's up to rounding, and
+    the row records the device."""
     import torch
 
     from ..model import load_model
@@ -302,16 +308,17 @@ def run_job(spec: dict, data: str, job_dir: Path, init: Path | None = None, quie
     cfg = TrainConfig(model=str(job_dir / "model.yaml"), data=data, out=str(job_dir), epochs=schedule.epochs,
                       batch_size=schedule.batch_size, lr=schedule.lr, seed=int(spec["seed"]), workers=0,
                       eval_every=schedule.epochs, resume=(job_dir / "last.pt").exists(), quiet=quiet,
-                      augment=Augment() if schedule.augment else None, init=str(init) if init else None)
+                      augment=Augment() if schedule.augment else None, init=str(init) if init else None,
+                      device=device, amp="off")
     summary = train(cfg)
     if summary.get("interrupted"):
         raise KeyboardInterrupt(f"training stopped by {summary['interrupted']}")
     model = load_model(job_dir / "last.pt")
     # both splits scored here from the final checkpoint: a job resumed after its last
     # epoch (killed before it was recorded) has no evaluation in its training summary
-    val = evaluate(model, data, schedule.batch_size, "cpu", split="val")
+    val = evaluate(model, data, schedule.batch_size, device, split="val")
     try:
-        test = evaluate(model, data, schedule.batch_size, "cpu", split="test")
+        test = evaluate(model, data, schedule.batch_size, device, split="test")
     except Exception as e:  # noqa: BLE001 -- a folder without a test split scores val only
         from ..train.data import DataError
 
@@ -328,6 +335,7 @@ def run_job(spec: dict, data: str, job_dir: Path, init: Path | None = None, quie
         "flops": int(prof.flops), "params": int(prof.params),
         "fpn_flops": int(prof.components["fpn"]["flops"]), "fpn_params": int(prof.components["fpn"]["params"]),
         "wall_s": round(time.perf_counter() - t0, 1), "threads": schedule.threads,
+        "device": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu",
     }
     return float(val.get("map50", 0.0)), attrs
 
@@ -339,8 +347,9 @@ class ReferenceBuild:
     """The jobs of one table (networks x seeds at one schedule, on one data folder)."""
 
     def __init__(self, name: str, out: str | Path, data: str, schedule: Schedule, storage: str | None = None,
-                 heartbeat: float = 10.0):
+                 heartbeat: float = 10.0, device: str = "cpu"):
         self.out = Path(out)
+        self.device = device
         self.data = data
         self.schedule = schedule
         self.id = build_id(data, schedule)
@@ -355,7 +364,10 @@ class ReferenceBuild:
                                                   "graph_yaml": net.graph_yaml, "schedule": asdict(self.schedule)}))
         return self.queue.add(jobs)
 
-    def work(self, say: Callable[[str], None] = print, stop: Callable[[], bool] = lambda: False) -> int:
+    def work(self, say: Callable[[str], None] = print, stop: Callable[[], bool] = lambda: False,
+             keys: Collection[str] | None = None) -> int:
+        """Run jobs until none is left (of ``keys`` only, when given: a --floor-only command
+        on a folder whose queue also holds the full table's jobs)."""
         init: list[Path | None] = []
 
         def run(job: Job) -> tuple[float, dict]:
@@ -366,12 +378,12 @@ class ReferenceBuild:
             # a job's folder is its schedule's and data's too: another schedule's checkpoint of
             # the same network and seed must never be resumed as this one
             job_dir = self.out / "jobs" / self.id / job.key.replace("@", "-s")
-            value, attrs = run_job(job.spec, self.data, job_dir, init[0])
+            value, attrs = run_job(job.spec, self.data, job_dir, init[0], device=self.device)
             say(f"job {name} seed {job.spec['seed']}: val mAP@0.5 {attrs['val'].get('map50', 0):.3f}, "
                 f"test {attrs['test'].get('map50', float('nan')):.3f}, {attrs['wall_s']:.0f} s")
             return value, attrs
 
-        return self.queue.work(run, say=say, stop=stop)
+        return self.queue.work(run, say=say, stop=stop, keys=keys)
 
     def rows(self) -> list[dict]:
         """One row per finished job, in key order."""
@@ -383,7 +395,7 @@ class ReferenceBuild:
                          "graph_yaml": spec.get("graph_yaml"),
                          "params_space": net["params"], "seed": spec["seed"], "attempt": t.user_attrs.get("edg_attempt", 1),
                          **{k: t.user_attrs[k] for k in ("val", "test", "flops", "params", "fpn_flops", "fpn_params",
-                                                         "wall_s", "threads") if k in t.user_attrs}})
+                                                         "wall_s", "threads", "device") if k in t.user_attrs}})
         return sorted(rows, key=lambda r: (r["network"], r["seed"]))
 
 

@@ -10,10 +10,11 @@ that cross-scale fusion is what separates a good neck from a bad one:
 * **Classes that need context from another scale.**
   - ``mark_red`` / ``mark_green`` / ``mark_blue``: one small diamond mark (5-8.5 % of the
     side) in a random colour on a grey plate; its class is the colour of the panel the
-    plate sits on. The plate reaches 22 px beyond the mark on every side, and 99 % of the
-    input gradient of a TinyNet-E P3 feature comes from within 20 px of it (measured at
-    initialisation), so nothing a P3 feature sees names the class; the panel's colour
-    fills P5-P7's view. The same mark *outside* a panel is a distractor, not an object.
+    plate sits on. The plate reaches 40 px beyond the mark on every side: with the
+    reference schedule's one neck layer and one head layer, a P3 prediction of the
+    no-fusion neck sees at most 45 px from its cell (its exact receptive field), so the
+    no-fusion neck cannot name a mark at P3, while the panel's colour fills P5-P7's view
+    (docs/tasks.md: a plate of 18 px was named by every neck). The same mark *outside* a panel is a distractor, not an object.
     A small object's class lives in a large region: top-down information.
   - ``panel_red`` / ``panel_green`` / ``panel_blue``: large textured panels, told apart by
     colour: the coarse levels learn the colour that the marks need.
@@ -34,8 +35,8 @@ that cross-scale fusion is what separates a good neck from a bad one:
 
 An object's size is ``sqrt(w * h)`` of its box: it is drawn log-uniformly first, and the
 class is then chosen among those that exist at that size, so the size distribution does
-not depend on the class mix. Everything comes from ``random.Random(seed)``: the same seed
-writes the same files.
+not depend on the class mix. Everything comes from seeded random streams, one per chunk of
+64 images: the same seed writes the same files, whatever the number of processes.
 """
 
 from __future__ import annotations
@@ -71,11 +72,11 @@ _RANGES = {
 }
 # How often each kind is picked where it exists: the context classes are the point of the
 # set, so they are favoured over the ordinary shapes.
-_WEIGHTS = {"panel": 3.0, "mark": 20.0, "disc": 2.0, "triangle": 1.0, "star": 1.0}
+_WEIGHTS = {"panel": 6.0, "mark": 20.0, "disc": 2.0, "triangle": 1.0, "star": 1.0}
 _MAX_COVER = 0.6  # at most this share of an object's box may be hidden by later objects
 _MAX_IOU = 0.3  # an object overlaps an earlier one by less than this IoU
-_PLATE_MARGIN = 18.0  # px of grey plate around a mark: about what a P3 feature sees
-_PLATE_ROOM = 1.3  # a panel hosts a mark when its side is this many plate diameters
+_PLATE_MARGIN = 48.0  # px of grey plate around a mark: beyond what a no-fusion P3 prediction sees
+_PLATE_ROOM = 1.1  # a panel hosts a mark when its side is this many plate diameters
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,15 @@ def _draw_panel(img: Image.Image, box, colour: str, rng: random.Random) -> None:
     img.paste(Image.fromarray(tex.clip(0, 255).astype(np.uint8), "RGB"), (round(x0), round(y0)))
 
 
+def _hosts(panel, plate: float) -> bool:
+    """Whether a panel's box has room for a plate of side ``plate``."""
+    return min(panel[2] - panel[0], panel[3] - panel[1]) > _PLATE_ROOM * plate
+
+
+def _grown(box, by: float) -> tuple[float, float, float, float]:
+    return (box[0] - by, box[1] - by, box[2] + by, box[3] + by)
+
+
 def _plate(box) -> tuple[float, float, float, float]:
     """The grey plate under a mark: the mark's box grown by the plate margin, as a square."""
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
@@ -213,15 +223,46 @@ def _visible_after(box, cover_boxes: list, extra) -> float:
     return 1.0 - hidden.mean()
 
 
-def write_multiscale_split(out: Path, num_images: int, seed: int, cfg: MultiscaleConfig = MultiscaleConfig()) -> Path:
-    """Write ``out/images/*.png`` and ``out/annotations.json`` (COCO); returns the JSON path."""
-    rng = random.Random(seed)
-    size = cfg.image_size
+#: images per chunk: each chunk has its own random stream, so chunks are written in
+#: parallel and the files do not depend on how many processes wrote them
+CHUNK = 64
+
+
+def write_multiscale_split(out: Path, num_images: int, seed: int, cfg: MultiscaleConfig = MultiscaleConfig(),
+                           workers: int = 1) -> Path:
+    """Write ``out/images/*.png`` and ``out/annotations.json`` (COCO); returns the JSON path.
+    ``workers`` processes write the chunks of ``CHUNK`` images; the files are the same for
+    any number of them, and the first k images of a longer split are the k-image split."""
     (out / "images").mkdir(parents=True, exist_ok=True)
+    chunks = [(out, start, min(CHUNK, num_images - start), seed, cfg) for start in range(0, num_images, CHUNK)]
+    if workers > 1 and len(chunks) > 1:
+        import multiprocessing
+
+        # fork where there is one (no re-import); one torch thread per worker process
+        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        with ctx.Pool(min(workers, len(chunks)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            parts = pool.starmap(_write_chunk, chunks)
+    else:
+        parts = [_write_chunk(*c) for c in chunks]
+    images, annotations = [], []
+    for part_images, part_annotations in parts:
+        images += part_images
+        for a in part_annotations:
+            annotations.append({"id": len(annotations) + 1, **a})
+    categories = [{"id": c + 1, "name": n} for c, n in enumerate(MULTISCALE_CLASSES)]
+    path = out / "annotations.json"
+    atomic_write_text(path, json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
+def _write_chunk(out: Path, start: int, count: int, seed: int, cfg: MultiscaleConfig) -> tuple[list, list]:
+    """Images ``start .. start+count-1`` of a split, from the chunk's own random stream."""
+    rng = random.Random(f"multiscale/{seed}/{start // CHUNK}")  # a str seed is hashed stably (sha512)
+    size = cfg.image_size
     images, annotations = [], []
     lo, hi = math.log(cfg.min_size), math.log(cfg.max_size)
     pending: list[float] = []
-    for i in range(num_images):
+    for i in range(start, start + count):
         img = _background(size, rng)
         draw = ImageDraw.Draw(img)
         for _ in range(rng.randint(*cfg.distractors)):
@@ -231,18 +272,23 @@ def write_multiscale_split(out: Path, num_images: int, seed: int, cfg: Multiscal
         # stays exactly log-uniform, and an image never has to fit several huge objects
         n = rng.randint(cfg.min_objects, cfg.max_objects)
         fracs = [math.exp(lo + (hi - lo) * (k + rng.random()) / n) for k in range(n)]
-        # a size that found no room in the last image is tried again here (first), so that
-        # what is written keeps the drawn distribution instead of losing crowded sizes
-        fracs = sorted(pending + fracs, reverse=True)
-        pending = []
+        # a size that found no room in an earlier image is tried again here, so that what is
+        # written keeps the drawn distribution instead of losing crowded sizes -- as many as
+        # the image has room for under max_objects; the others wait for the next image
+        retry, pending = pending[:cfg.max_objects - n], pending[cfg.max_objects - n:]
+        fracs = sorted(retry + fracs, reverse=True)
         placed: list[dict] = []  # {"box", "cls", "covers": [boxes drawn over it], "keep": box never covered}
-        for frac in fracs:
+        queue: list[tuple[float, dict | None]] = [(f, None) for f in fracs]  # (size, the panel it must mark)
+        while queue:
+            frac, forced = queue.pop(0)
             s = frac * size
             plate = s * 1.12 + 2 * _PLATE_MARGIN  # the largest a plate of this size gets (aspect 1.25)
-            panels = [p for p in placed if p["cls"].startswith("panel_")
-                      and min(p["box"][2] - p["box"][0], p["box"][3] - p["box"][1]) > _PLATE_ROOM * plate]
-            kinds = _classes_at(frac, bool(panels))
-            kind = rng.choices(kinds, weights=[_WEIGHTS[k] for k in kinds])[0]
+            if forced is not None:
+                panels, kind = [forced], "mark"
+            else:
+                panels = [p for p in placed if p["cls"].startswith("panel_") and _hosts(p["box"], plate)]
+                kinds = _classes_at(frac, bool(panels))
+                kind = rng.choices(kinds, weights=[_WEIGHTS[k] for k in kinds])[0]
             for _attempt in range(100):
                 if kind == "mark":  # the plate inside the panel, with room to spare
                     host = rng.choice(panels)
@@ -259,6 +305,13 @@ def write_multiscale_split(out: Path, num_images: int, seed: int, cfg: Multiscal
                        for p in placed):
                     continue  # two objects in nearly one place are one detection, not two
                 cover = _plate(box) if kind == "mark" else box  # what is drawn over earlier objects
+                # the colour around a plate is its host's alone: no other panel within 8 px of it
+                if kind == "mark" and any(_overlap(_grown(cover, 8), p["box"]) > 0 for p in placed
+                                          if p is not host and p["cls"].startswith("panel_")):
+                    continue
+                if kind == "panel" and any(_overlap(_grown(_plate(p["box"]), 8), box) > 0 for p in placed
+                                           if p["cls"].startswith("mark_")):
+                    continue
                 if any(_overlap(cover, p["box"]) > 0 and (
                         _visible_after(p["box"], p["covers"], cover) < 1 - _MAX_COVER
                         or (p["keep"] is not None and _overlap(cover, p["keep"]) > 0)) for p in placed):
@@ -299,6 +352,13 @@ def write_multiscale_split(out: Path, num_images: int, seed: int, cfg: Multiscal
                 if _overlap(cover, p["box"]) > 0:
                     p["covers"].append(cover)
             placed.append({"box": box, "cls": cls, "covers": [], "keep": keep})
+            if kind == "panel":
+                # a plate is most of a panel: its mark comes now, with the largest mark size
+                # still to place, before smaller objects fill the panel and leave no room
+                k = next((n for n, (f, h) in enumerate(queue) if h is None and f <= _RANGES["mark"][1]
+                          and _hosts(box, f * size * 1.12 + 2 * _PLATE_MARGIN)), None)
+                if k is not None:
+                    queue.insert(0, (queue.pop(k)[0], placed[-1]))
         # stray marks: the marks' look outside any panel, and not objects
         for _ in range(rng.randint(*cfg.stray_marks)):
             s = size * math.exp(rng.uniform(lo, math.log(min(cfg.max_size, _RANGES["mark"][1]))))
@@ -310,7 +370,7 @@ def write_multiscale_split(out: Path, num_images: int, seed: int, cfg: Multiscal
         for p in placed:
             x0, y0, x1, y1 = p["box"]
             annotations.append({
-                "id": len(annotations) + 1, "image_id": i + 1,
+                "image_id": i + 1,
                 "category_id": MULTISCALE_CLASSES.index(p["cls"]) + 1,
                 "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
                 "area": round((x1 - x0) * (y1 - y0), 2), "iscrowd": 0,
@@ -318,18 +378,15 @@ def write_multiscale_split(out: Path, num_images: int, seed: int, cfg: Multiscal
         name = f"{i:06d}.png"
         img.save(out / "images" / name)
         images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
-    categories = [{"id": c + 1, "name": n} for c, n in enumerate(MULTISCALE_CLASSES)]
-    path = out / "annotations.json"
-    atomic_write_text(path, json.dumps({"images": images, "annotations": annotations, "categories": categories}))
-    return path
+    return images, annotations
 
 
 def make_multiscale(out: str | Path, num_train: int = 1024, num_val: int = 256, num_test: int = 256, seed: int = 0,
-                    cfg: MultiscaleConfig = MultiscaleConfig()) -> Path:
+                    cfg: MultiscaleConfig = MultiscaleConfig(), workers: int = 1) -> Path:
     """``out/train``, ``out/val`` (the search-val split: what proxies and studies see) and
-    ``out/test`` (only for final claims), each from its own seed."""
+    ``out/test`` (only for final claims), each from its own seed; ``workers`` processes."""
     out = Path(out)
     for split, n, offset in (("train", num_train, 0), ("val", num_val, 1_000_003), ("test", num_test, 2_000_029)):
         if n > 0:
-            write_multiscale_split(out / split, n, seed + offset, cfg)
+            write_multiscale_split(out / split, n, seed + offset, cfg, workers)
     return out
