@@ -45,15 +45,15 @@ class Schedule:
     """The reference schedule: what a user would train, sized for a 2-core CPU (one job
     is one core for a few minutes; see ``docs/reference-table.md`` for the measured cost)."""
 
-    # PP-LCNet at 0.5 width: 3x cheaper a step than TinyNet-E on one core (0.20 against 0.59 s
-    # for a batch of 16 at 192 px, forward and backward), which buys the epochs that the
-    # context classes need (docs/reference-table.md)
+    # PP-LCNet at 0.5 width: about a third of TinyNet-E's step time on one core (forward and
+    # backward, 16 images at 192 px), which buys the epochs that the context classes need
+    # (docs/reference-table.md)
     backbone: str = "lcnet_050"
     image_size: int = 192
     channels: int = 32
     # one layer of a named graph (a space's candidate brings its own repeat) and one head
-    # layer: a no-fusion P3 prediction then sees 45 px around its cell, less than the
-    # marks' plates hide (docs/tasks.md); with two of each it saw 65 px
+    # layer: a no-fusion P3 prediction then sees 48.5 px from its cell's centre, less than
+    # the marks' plates hide (docs/tasks.md); with two of each it saw about 65 px
     repeat: int = 1
     head_repeat: int = 1
     anchor_scale: float = 1.5

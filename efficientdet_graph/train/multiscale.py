@@ -10,11 +10,12 @@ that cross-scale fusion is what separates a good neck from a bad one:
 * **Classes that need context from another scale.**
   - ``mark_red`` / ``mark_green`` / ``mark_blue``: one small diamond mark (5-8.5 % of the
     side) in a random colour on a grey plate; its class is the colour of the panel the
-    plate sits on. The plate reaches 40 px beyond the mark on every side: with the
+    plate sits on. The plate reaches 48 px beyond the mark on every side: with the
     reference schedule's one neck layer and one head layer, a P3 prediction of the
-    no-fusion neck sees at most 45 px from its cell (its exact receptive field), so the
-    no-fusion neck cannot name a mark at P3, while the panel's colour fills P5-P7's view
-    (docs/tasks.md: a plate of 18 px was named by every neck). The same mark *outside* a panel is a distractor, not an object.
+    no-fusion neck sees at most 48.5 px from its cell's centre (its exact receptive
+    field), so the no-fusion neck cannot name a mark at P3, while the panel's colour
+    fills P5-P7's view (docs/tasks.md: plates of 18 px were seen past by every neck).
+    The same mark *outside* a panel is a distractor, not an object.
     A small object's class lives in a large region: top-down information.
   - ``panel_red`` / ``panel_green`` / ``panel_blue``: large textured panels, told apart by
     colour: the coarse levels learn the colour that the marks need.
