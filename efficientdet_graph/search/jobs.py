@@ -55,12 +55,18 @@ class Job:
     key: str
     spec: dict
     attempt: int
+    order: int = 0  # its place in the queue (``_order``), kept when it is put back
 
 
 def _order(t: FrozenTrial) -> int:
     """A job's place in the queue: its first trial's number, kept by every retry (a journal
     written before ``edg_order`` existed: the trial it retries)."""
     return int(t.user_attrs.get("edg_order", t.user_attrs.get("edg_retry_of", t.number)))
+
+
+def _ours(t: FrozenTrial, keys: Collection[str] | None) -> bool:
+    """Whether a trial is one of ``keys``' jobs (every job when ``keys`` is None)."""
+    return keys is None or t.user_attrs.get("edg_key") in keys
 
 
 class JobQueue:
@@ -101,11 +107,12 @@ class JobQueue:
                 added += 1
             return added
 
-    def _enqueue(self, key: str, spec: dict, attempt: int, retry: FrozenTrial | None = None) -> None:
+    def _enqueue(self, key: str, spec: dict, attempt: int, retry_of: int | None = None,
+                 order: int | None = None) -> None:
         attrs = {"edg_key": key, "edg_job": spec, "edg_attempt": attempt}
-        if retry is not None:
-            attrs["edg_retry_of"] = retry.number
-            attrs["edg_order"] = _order(retry)  # the place of the job's first trial in the queue
+        if retry_of is not None:
+            attrs["edg_retry_of"] = retry_of
+            attrs["edg_order"] = order  # the place of the job's first trial in the queue
         self.study.enqueue_trial({}, user_attrs=attrs)
 
     def _guard(self):
@@ -119,7 +126,7 @@ class JobQueue:
         """The next waiting job (of ``keys`` only, when given), now RUNNING and ours; None
         when none is waiting. A job put back (interrupted, lost) keeps its place in the
         order: it is taken before the jobs queued after it first was."""
-        waiting = [t for t in self._trials((TrialState.WAITING,)) if keys is None or t.user_attrs.get("edg_key") in keys]
+        waiting = [t for t in self._trials((TrialState.WAITING,)) if _ours(t, keys)]
         for t in sorted(waiting, key=lambda t: (_order(t), t.number)):
             try:
                 if not self.storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
@@ -135,7 +142,7 @@ class JobQueue:
             self.storage.set_trial_user_attr(t._trial_id, "edg_worker", worker_stamp())
             self.storage.set_trial_user_attr(t._trial_id, "edg_beat", time.time())
             return Job(t._trial_id, t.number, key, dict(t.user_attrs.get("edg_job", {})),
-                       int(t.user_attrs.get("edg_attempt", 1)))
+                       int(t.user_attrs.get("edg_attempt", 1)), _order(t))
         return None
 
     def beating(self, job: Job) -> "_Beat":
@@ -160,7 +167,7 @@ class JobQueue:
             self.storage.set_trial_state_values(job.trial_id, TrialState.FAIL)
         except UpdateFinishedTrialError:
             return
-        self._enqueue(job.key, job.spec, job.attempt, retry=self.storage.get_trial(job.trial_id))
+        self._enqueue(job.key, job.spec, job.attempt, retry_of=job.number, order=job.order)
 
     # ------------------------------------------------------------------------ lost jobs
 
@@ -192,7 +199,8 @@ class JobQueue:
                 continue  # another worker got there first, and requeued it
             attempt = int(t.user_attrs.get("edg_attempt", 1))
             if attempt < self.max_attempts:
-                self._enqueue(t.user_attrs["edg_key"], dict(t.user_attrs.get("edg_job", {})), attempt + 1, retry=t)
+                self._enqueue(t.user_attrs["edg_key"], dict(t.user_attrs.get("edg_job", {})), attempt + 1,
+                              retry_of=t.number, order=_order(t))
                 requeued.append(t.number)
         return requeued
 
@@ -209,8 +217,7 @@ class JobQueue:
             self.recover()
             job = self.claim(keys)
             if job is None:
-                if not [t for t in self._trials((TrialState.RUNNING,))
-                        if keys is None or t.user_attrs.get("edg_key") in keys]:
+                if not any(_ours(t, keys) for t in self._trials((TrialState.RUNNING,))):
                     return ran
                 time.sleep(poll)  # others are running: wait, to take over their jobs if they die
                 continue

@@ -171,6 +171,11 @@ def _draw_panel(img: Image.Image, box, colour: str, rng: random.Random) -> None:
     img.paste(Image.fromarray(tex.clip(0, 255).astype(np.uint8), "RGB"), (round(x0), round(y0)))
 
 
+def _plate_side(s: float) -> float:
+    """The largest plate a mark of size ``s`` gets (aspect 1.25: its longer side is 1.12 s)."""
+    return s * 1.12 + 2 * _PLATE_MARGIN
+
+
 def _hosts(panel, plate: float) -> bool:
     """Whether a panel's box has room for a plate of side ``plate``."""
     return min(panel[2] - panel[0], panel[3] - panel[1]) > _PLATE_ROOM * plate
@@ -283,7 +288,7 @@ def _write_chunk(out: Path, start: int, count: int, seed: int, cfg: MultiscaleCo
         while queue:
             frac, forced = queue.pop(0)
             s = frac * size
-            plate = s * 1.12 + 2 * _PLATE_MARGIN  # the largest a plate of this size gets (aspect 1.25)
+            plate = _plate_side(s)
             if forced is not None:
                 panels, kind = [forced], "mark"
             else:
@@ -357,7 +362,7 @@ def _write_chunk(out: Path, start: int, count: int, seed: int, cfg: MultiscaleCo
                 # a plate is most of a panel: its mark comes now, with the largest mark size
                 # still to place, before smaller objects fill the panel and leave no room
                 k = next((n for n, (f, h) in enumerate(queue) if h is None and f <= _RANGES["mark"][1]
-                          and _hosts(box, f * size * 1.12 + 2 * _PLATE_MARGIN)), None)
+                          and _hosts(box, _plate_side(f * size))), None)
                 if k is not None:
                     queue.insert(0, (queue.pop(k)[0], placed[-1]))
         # stray marks: the marks' look outside any panel, and not objects
