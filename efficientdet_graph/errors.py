@@ -26,7 +26,7 @@ from typing import Iterable
 
 __all__ = [
     "EdgError", "SpecError", "RegistryError", "PassError", "ConfigError", "ShapeError", "CheckpointError",
-    "DataError", "SearchError", "TrainingDiverged", "EXIT_CODES", "exit_code", "Problem", "close_match",
+    "DataError", "SearchError", "TrainingDiverged", "WorkerLost", "EXIT_CODES", "exit_code", "Problem", "close_match",
 ]
 
 
@@ -104,6 +104,12 @@ class CheckpointError(EdgError):
 
 class DataError(EdgError):
     """A data set that cannot be used."""
+
+
+class WorkerLost(RuntimeError):
+    """A process the work depends on (a DataLoader worker) was killed from outside -- the
+    out-of-memory killer's usual victim. Not an ``EdgError``: the machine failed, not the
+    input, so a search retries the trial instead of recording the network as failed."""
 
 
 class TrainingDiverged(EdgError):

@@ -176,6 +176,39 @@ def test_an_image_broken_under_a_worker_is_a_data_error(data, tmp_path):
     assert "Traceback" not in str(err.value) and "worker" not in str(err.value)
 
 
+class _KillsItsWorker(torch.utils.data.Dataset):
+    """Sample 3 kills the process loading it, as the out-of-memory killer would."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, key):  # (index, augmentation seed), as EpochBatches gives it
+        import os
+        import signal
+
+        if key[0] == 3 and torch.utils.data.get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return torch.zeros(3, 4, 4), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
+
+
+def test_a_killed_loader_worker_stops_the_others_and_cannot_raise_again_later():
+    """After a worker is killed, the loader (persistent workers, still referenced, as the
+    training loop holds it) stops its other workers and unregisters them: torch's SIGCHLD
+    handler raises for any registered worker that died, at whatever line the process is on
+    when the next child exits, so a child ending afterwards -- here `true` -- must not raise."""
+    import multiprocessing
+    import subprocess
+
+    loader = make_loader(_KillsItsWorker(), EpochBatches(8, 1, 0), 2)
+    with pytest.raises(RuntimeError) as err:
+        list(loader)
+    assert "DataLoader worker (pid" in str(err.value)  # torch's words, or ours in torch's words
+    assert multiprocessing.active_children() == []  # the surviving worker was stopped, not leaked
+    subprocess.run(["true"], check=True)  # its SIGCHLD runs torch's handler
+    for _ in range(100):  # the handler runs between bytecodes: give it some
+        sum(range(100))
+
+
 def test_pil_decodes_what_torchvision_does_not(tmp_path):
     g = torch.Generator().manual_seed(3)
     rgb = torch.randint(0, 256, (12, 10, 3), generator=g, dtype=torch.uint8).numpy()

@@ -41,7 +41,7 @@ from typing import Any, Callable, Literal
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..errors import EdgError, SearchError, SpecError
+from ..errors import EdgError, SearchError, SpecError, WorkerLost
 from ..graph import graph_to_yaml
 from .cost import candidate_cost
 from .evolution import RegularizedEvolutionSampler
@@ -582,7 +582,7 @@ def _lost_a_process(e: BaseException) -> bool:
     """Whether the trial failed because the machine took something from it -- a DataLoader
     worker killed (the out-of-memory killer's usual victim) or memory running out --
     rather than because of the network: worth one more attempt."""
-    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError
+    if isinstance(e, (MemoryError, WorkerLost)) or type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError
         return True
     text = str(e)
     # torch's words for a dead loader process (torch/utils/data/dataloader.py, _utils/signal_handling.py)

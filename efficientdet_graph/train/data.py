@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ except ImportError:  # removed: PIL decodes everything
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from ..errors import ConfigError, DataError  # DataError is defined in errors.py, re-exported here
+from ..errors import ConfigError, DataError, WorkerLost  # DataError is defined in errors.py, re-exported here
 
 __all__ = ["Augment", "DataError", "DataReport", "CocoDetection", "EpochBatches", "collate", "letterbox",
            "make_loader", "num_categories", "resolve_data", "sample_seed"]
@@ -401,7 +402,32 @@ class _Raising:
         return len(self.loader)
 
     def __iter__(self):
-        for batch in self.loader:
-            if isinstance(batch, DataError):
-                raise DataError(str(batch))
-            yield _unpack(batch)
+        try:
+            for batch in self.loader:
+                if isinstance(batch, DataError):
+                    raise DataError(str(batch))
+                yield _unpack(batch)
+        except Exception as e:
+            lost = self.close()
+            if lost is not None and not isinstance(e, DataError):
+                raise WorkerLost(lost) from e
+            raise
+
+    def close(self) -> str | None:
+        """Stop the loader's worker processes (after a failure, or when training ends); torch's
+        words for one that was killed, if one was. A worker killed while it hands a batch
+        over can break the hand-over (a reset connection) before torch's SIGCHLD handler has
+        named it; left registered, that handler would raise later, anywhere in this process
+        -- in the middle of recording the failure. Shutting down unregisters the workers."""
+        it = getattr(self.loader, "_iterator", None)  # kept alive by persistent_workers
+        if it is None or not hasattr(it, "_shutdown_workers"):
+            return None
+        workers = list(getattr(it, "_workers", ()))
+        try:
+            it._shutdown_workers()  # joins the workers, then unregisters them (even if it raises)
+        finally:
+            self.loader._iterator = None
+        for w in workers:
+            if w.exitcode is not None and w.exitcode < 0:
+                return f"DataLoader worker (pid {w.pid}) is killed by signal: {signal.strsignal(-w.exitcode)}"
+        return None

@@ -364,79 +364,84 @@ def _train(cfg: TrainConfig) -> dict:
     summary: dict = {"epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch}
     last_eval: dict = {}
 
-    for epoch in range(start_epoch, cfg.epochs):
-        net.train()
-        if cfg.freeze_bn:
-            for mod in net.modules():
-                if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-                    mod.eval()
-        # a run saved mid-epoch (by --max-steps) goes on with that epoch's next batch
-        first = step - epoch * steps_per_epoch if step > epoch * steps_per_epoch else 0
-        batches.set_epoch(epoch, first)
-        batch_iter = iter(loader) if first < steps_per_epoch else iter(())
-        bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", enabled=main and not cfg.quiet)
-        t0, seen, epoch_loss = time.perf_counter(), 0, 0.0
-        waited = busy = 0.0  # seconds blocked on the data / of whole steps, since the last log line
-        for i in range(first, steps_per_epoch):
-            if (cfg.max_steps is not None and step >= cfg.max_steps) or _STOP:
+    # persistent loader workers stop here, whatever ends the run: a killed one left
+    # registered would make torch's SIGCHLD handler raise later, anywhere in the process
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            net.train()
+            if cfg.freeze_bn:
+                for mod in net.modules():
+                    if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                        mod.eval()
+            # a run saved mid-epoch (by --max-steps) goes on with that epoch's next batch
+            first = step - epoch * steps_per_epoch if step > epoch * steps_per_epoch else 0
+            batches.set_epoch(epoch, first)
+            batch_iter = iter(loader) if first < steps_per_epoch else iter(())
+            bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", enabled=main and not cfg.quiet)
+            t0, seen, epoch_loss = time.perf_counter(), 0, 0.0
+            waited = busy = 0.0  # seconds blocked on the data / of whole steps, since the last log line
+            for i in range(first, steps_per_epoch):
+                if (cfg.max_steps is not None and step >= cfg.max_steps) or _STOP:
+                    break
+                t_wait = time.perf_counter()
+                images, targets = next(batch_iter)
+                t_step = time.perf_counter()
+                waited += t_step - t_wait
+                images = images.to(device, non_blocking=True, memory_format=memory_format(device))
+                report, applied = train_step(net, loss_fn, opt, sched, scaler, ema, images, targets, step,
+                                             clip_grad=cfg.clip_grad, world=world, amp_dtype=amp_dtype if use_amp else None)
+                if not applied:
+                    raise TrainingDiverged(
+                        f"the loss became {report[0].item()} at step {step + 1} (epoch {epoch + 1}); stopped. "
+                        f"The last good checkpoint is {ckpt_path if ckpt_path.exists() else '(none yet)'}; "
+                        "try a lower --lr")
+                step += 1
+                if main and cfg.save_every and step % cfg.save_every == 0 and i < steps_per_epoch - 1:
+                    _save(ckpt_path, model, ema, opt, sched, epoch, step, cfg)  # --resume goes on mid-epoch
+                seen += images.shape[0] * world
+                value = report[0].item()
+                epoch_loss += value
+                now = time.perf_counter()
+                busy += now - t_wait
+                speed = seen / (now - t0)
+                bar.update(1, loss=value, **{"img/s": speed})
+                if step % cfg.log_every == 0 or i == steps_per_epoch - 1:
+                    # data_wait: the share of the steps since the last line spent waiting for batches
+                    log.write(type="step", epoch=epoch + 1, step=step, loss=value, cls=report[1].item(),
+                              box_weighted=loss_fn.cfg.box_weight * report[2].item(), lr=sched.get_last_lr()[0],
+                              img_per_s=speed, data_wait=round(waited / busy, 4) if busy > 0 else 0.0)
+                    waited = busy = 0.0
+            bar.close()
+            done = ((cfg.max_steps is not None and step >= cfg.max_steps) or _STOP) and step < (epoch + 1) * steps_per_epoch
+            if done:
+                summary["stopped_at_step"] = step
+                if _STOP:
+                    summary["interrupted"] = signal.Signals(_STOP[0]).name
+                if main:  # a stopped run keeps what it trained; --resume goes on mid-epoch
+                    _save(ckpt_path, model, ema, opt, sched, epoch, step, cfg)
+                    plot_curves(log.read(), out / "curves.png")
                 break
-            t_wait = time.perf_counter()
-            images, targets = next(batch_iter)
-            t_step = time.perf_counter()
-            waited += t_step - t_wait
-            images = images.to(device, non_blocking=True, memory_format=memory_format(device))
-            report, applied = train_step(net, loss_fn, opt, sched, scaler, ema, images, targets, step,
-                                         clip_grad=cfg.clip_grad, world=world, amp_dtype=amp_dtype if use_amp else None)
-            if not applied:
-                raise TrainingDiverged(
-                    f"the loss became {report[0].item()} at step {step + 1} (epoch {epoch + 1}); stopped. "
-                    f"The last good checkpoint is {ckpt_path if ckpt_path.exists() else '(none yet)'}; "
-                    "try a lower --lr")
-            step += 1
-            if main and cfg.save_every and step % cfg.save_every == 0 and i < steps_per_epoch - 1:
-                _save(ckpt_path, model, ema, opt, sched, epoch, step, cfg)  # --resume goes on mid-epoch
-            seen += images.shape[0] * world
-            value = report[0].item()
-            epoch_loss += value
-            now = time.perf_counter()
-            busy += now - t_wait
-            speed = seen / (now - t0)
-            bar.update(1, loss=value, **{"img/s": speed})
-            if step % cfg.log_every == 0 or i == steps_per_epoch - 1:
-                # data_wait: the share of the steps since the last line spent waiting for batches
-                log.write(type="step", epoch=epoch + 1, step=step, loss=value, cls=report[1].item(),
-                          box_weighted=loss_fn.cfg.box_weight * report[2].item(), lr=sched.get_last_lr()[0],
-                          img_per_s=speed, data_wait=round(waited / busy, 4) if busy > 0 else 0.0)
-                waited = busy = 0.0
-        bar.close()
-        done = ((cfg.max_steps is not None and step >= cfg.max_steps) or _STOP) and step < (epoch + 1) * steps_per_epoch
-        if done:
-            summary["stopped_at_step"] = step
-            if _STOP:
-                summary["interrupted"] = signal.Signals(_STOP[0]).name
-            if main:  # a stopped run keeps what it trained; --resume goes on mid-epoch
-                _save(ckpt_path, model, ema, opt, sched, epoch, step, cfg)
+            record = {"type": "epoch", "epoch": epoch + 1, "step": step,
+                      "loss": epoch_loss / max(1, seen // cfg.batch_size), "img_per_s": seen / (time.perf_counter() - t0)}
+            if main:  # before evaluating: an evaluation failure must not lose the epoch
+                _save(ckpt_path, model, ema, opt, sched, epoch + 1, step, cfg)
+            if main and val_set is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+                last_eval = evaluate(ema.model, val_set, cfg.batch_size, str(device),
+                                     out / "predictions_val.json" if epoch + 1 == cfg.epochs else None)
+                record.update(last_eval)
+                if not cfg.quiet:
+                    print(f"epoch {epoch + 1}: loss {record['loss']:.4f}, val mAP {last_eval['map']:.3f}, "
+                          f"mAP@0.5 {last_eval['map50']:.3f}")
+            if main:
+                log.write(**record)
                 plot_curves(log.read(), out / "curves.png")
-            break
-        record = {"type": "epoch", "epoch": epoch + 1, "step": step,
-                  "loss": epoch_loss / max(1, seen // cfg.batch_size), "img_per_s": seen / (time.perf_counter() - t0)}
-        if main:  # before evaluating: an evaluation failure must not lose the epoch
-            _save(ckpt_path, model, ema, opt, sched, epoch + 1, step, cfg)
-        if main and val_set is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            last_eval = evaluate(ema.model, val_set, cfg.batch_size, str(device),
-                                 out / "predictions_val.json" if epoch + 1 == cfg.epochs else None)
-            record.update(last_eval)
-            if not cfg.quiet:
-                print(f"epoch {epoch + 1}: loss {record['loss']:.4f}, val mAP {last_eval['map']:.3f}, "
-                      f"mAP@0.5 {last_eval['map50']:.3f}")
-        if main:
-            log.write(**record)
-            plot_curves(log.read(), out / "curves.png")
-        if _STOP:
-            summary.update(stopped_at_step=step, interrupted=signal.Signals(_STOP[0]).name)
-            break
-        if world > 1:
-            dist.barrier()
+            if _STOP:
+                summary.update(stopped_at_step=step, interrupted=signal.Signals(_STOP[0]).name)
+                break
+            if world > 1:
+                dist.barrier()
+    finally:
+        loader.close()
     if main and resumed is not None and start_epoch >= cfg.epochs and log.path.exists():
         plot_curves(log.read(), out / "curves.png")  # a kill may have come between the last save and the plot
     summary.update(step=step, **last_eval)
