@@ -8,9 +8,10 @@ that cross-scale fusion is what separates a good neck from a bad one:
 * **Sizes log-uniform over more than 4 octaves** (5 %-90 % of the image side, 4.2
   octaves), so every pyramid level P3-P7 has objects (and positive anchors) to learn.
 * **Classes that need context from another scale.**
-  - ``mark_red`` / ``mark_green`` / ``mark_blue``: one small diamond mark (5-8.5 % of the
-    side) in a random colour on a grey plate; its class is the colour of the panel the
-    plate sits on. The plate reaches 48 px beyond the mark on every side: with the
+  - ``mark_red`` / ``mark_green`` / ``mark_blue``: small diamond marks (5-8.5 % of the
+    side) in random colours on a grey plate, one to four of them (a 2x2 grid); their class
+    is the colour of the panel the plate sits on, which keeps a ring of at least 10 px
+    around the plate. The plate reaches 48 px beyond the marks on every side: with the
     reference schedule's one neck layer and one head layer, a P3 prediction of the
     no-fusion neck sees at most 48.5 px from its cell's centre (its exact receptive
     field), so the no-fusion neck cannot name a mark at P3, while the panel's colour
@@ -24,15 +25,18 @@ that cross-scale fusion is what separates a good neck from a bad one:
     information.
   - ``triangle`` / ``star``: ordinary objects at every size.
 
-  Two earlier versions named the marks by a panel's frame (solid or dashed, then one of
+  Version 4 put one mark on a plate: each fusing neck then learned the marks in only some
+  seeds of the reference schedule, so seed noise hid the neck (docs/tasks.md); a plate
+  now carries the mark sizes still to place, up to four, which gives about 1.6 times the
+  marks. Two earlier versions named the marks by a panel's frame (solid or dashed, then one of
   four colours) with a single panel class: no trained network learned either within the
   reference schedule -- every neck was at chance on the marks -- so the neck could not
   matter (docs/tasks.md).
 * **Clutter.** Multi-octave textured backgrounds, random strokes, and distractor shapes
   (rings, bars, crosses, stray marks) that are not objects; 5-15 objects per image,
   drawn from large to small so the small ones partly occlude the large ones (each object
-  keeps at least 40 % of its box visible, no two overlap by an IoU of 0.3 or more, and a
-  disc's dot is never covered).
+  keeps at least 40 % of its box visible -- a panel under a plate, 40 % of what the plate
+  left --, no two overlap by an IoU of 0.3 or more, and a disc's dot is never covered).
 
 An object's size is ``sqrt(w * h)`` of its box: it is drawn log-uniformly first, and the
 class is then chosen among those that exist at that size, so the size distribution does
@@ -77,7 +81,9 @@ _WEIGHTS = {"panel": 6.0, "mark": 20.0, "disc": 2.0, "triangle": 1.0, "star": 1.
 _MAX_COVER = 0.6  # at most this share of an object's box may be hidden by later objects
 _MAX_IOU = 0.3  # an object overlaps an earlier one by less than this IoU
 _PLATE_MARGIN = 48.0  # px of grey plate around a mark: beyond what a no-fusion P3 prediction sees
-_PLATE_ROOM = 1.1  # a panel hosts a mark when its side is this many plate diameters
+_RING = 10.0  # px of its panel a plate leaves on every side: the colour the marks are named by
+_GROUP = 4  # marks one plate carries at most (a 2x2 grid): more marks per hosting panel
+_GAP = 4.0  # px between the cells of a plate's grid
 
 
 @dataclass(frozen=True)
@@ -171,25 +177,31 @@ def _draw_panel(img: Image.Image, box, colour: str, rng: random.Random) -> None:
     img.paste(Image.fromarray(tex.clip(0, 255).astype(np.uint8), "RGB"), (round(x0), round(y0)))
 
 
-def _plate_side(s: float) -> float:
-    """The largest plate a mark of size ``s`` gets (aspect 1.25: its longer side is 1.12 s)."""
-    return s * 1.12 + 2 * _PLATE_MARGIN
+def _group(sizes: list[float], rng: random.Random) -> tuple[list[tuple], float, float]:
+    """Boxes for marks of the given sizes on one plate -- one, two side by side, or a 2x2
+    grid (a cell left empty for three) -- relative to the group's top-left corner; and the
+    group's width and height."""
+    boxes = [_box(0.0, 0.0, s, rng) for s in sizes]
+    cell = max(max(b[2] - b[0], b[3] - b[1]) for b in boxes) + _GAP
+    cols = 1 if len(boxes) == 1 else 2
+    rows = 1 if len(boxes) <= 2 else 2
+    if len(boxes) == 2 and rng.random() < 0.5:
+        cols, rows = 1, 2
+    cells = [(c, r) for r in range(rows) for c in range(cols)]
+    if len(boxes) == 3:
+        cells.pop(rng.randrange(4))
+    return ([(b[0] + (c + 0.5) * cell, b[1] + (r + 0.5) * cell, b[2] + (c + 0.5) * cell, b[3] + (r + 0.5) * cell)
+             for b, (c, r) in zip(boxes, cells)], cols * cell, rows * cell)
 
 
-def _hosts(panel, plate: float) -> bool:
-    """Whether a panel's box has room for a plate of side ``plate``."""
-    return min(panel[2] - panel[0], panel[3] - panel[1]) > _PLATE_ROOM * plate
+def _hosts(panel, width: float, height: float) -> bool:
+    """Whether a panel has room for a plate over a group of marks ``width`` x ``height``."""
+    return (panel[2] - panel[0] >= width + 2 * (_PLATE_MARGIN + _RING)
+            and panel[3] - panel[1] >= height + 2 * (_PLATE_MARGIN + _RING))
 
 
 def _grown(box, by: float) -> tuple[float, float, float, float]:
     return (box[0] - by, box[1] - by, box[2] + by, box[3] + by)
-
-
-def _plate(box) -> tuple[float, float, float, float]:
-    """The grey plate under a mark: the mark's box grown by the plate margin, as a square."""
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    r = max(box[2] - box[0], box[3] - box[1]) / 2 + _PLATE_MARGIN
-    return (cx - r, cy - r, cx + r, cy + r)
 
 
 def _draw_distractor(draw: ImageDraw.ImageDraw, size: int, cfg: MultiscaleConfig, rng: random.Random) -> None:
@@ -283,50 +295,78 @@ def _write_chunk(out: Path, start: int, count: int, seed: int, cfg: MultiscaleCo
         # the image has room for under max_objects; the others wait for the next image
         retry, pending = pending[:cfg.max_objects - n], pending[cfg.max_objects - n:]
         fracs = sorted(retry + fracs, reverse=True)
-        placed: list[dict] = []  # {"box", "cls", "covers": [boxes drawn over it], "keep": box never covered}
+        # {"box", "cls", "covers": [boxes drawn over it], "keep": box never covered,
+        #  "min_visible": share of the box that must stay visible, "plate": a mark's plate}
+        placed: list[dict] = []
         queue: list[tuple[float, dict | None]] = [(f, None) for f in fracs]  # (size, the panel it must mark)
         while queue:
             frac, forced = queue.pop(0)
             s = frac * size
-            plate = _plate_side(s)
+            host = None
             if forced is not None:
                 panels, kind = [forced], "mark"
             else:
-                panels = [p for p in placed if p["cls"].startswith("panel_") and _hosts(p["box"], plate)]
+                panels = [p for p in placed if p["cls"].startswith("panel_") and _hosts(p["box"], 1.12 * s, 1.12 * s)]
                 kinds = _classes_at(frac, bool(panels))
                 kind = rng.choices(kinds, weights=[_WEIGHTS[k] for k in kinds])[0]
-            for _attempt in range(100):
-                if kind == "mark":  # the plate inside the panel, with room to spare
-                    host = rng.choice(panels)
-                    hx0, hy0, hx1, hy1 = host["box"]
-                    cx = rng.uniform(hx0 + plate / 2 + 2, hx1 - plate / 2 - 2)
-                    cy = rng.uniform(hy0 + plate / 2 + 2, hy1 - plate / 2 - 2)
-                else:
-                    cx, cy = rng.uniform(s / 2, size - s / 2), rng.uniform(s / 2, size - s / 2)
-                box = _box(cx, cy, s, rng)
-                if not _inside(box, size):
-                    continue
-                area = (box[2] - box[0]) * (box[3] - box[1])
-                if any(_overlap(box, p["box"]) > _MAX_IOU * (area + _area(p["box"]) - _overlap(box, p["box"]))
-                       for p in placed):
-                    continue  # two objects in nearly one place are one detection, not two
-                cover = _plate(box) if kind == "mark" else box  # what is drawn over earlier objects
-                # the colour around a plate is its host's alone: no other panel within 8 px of it
-                if kind == "mark" and any(_overlap(_grown(cover, 8), p["box"]) > 0 for p in placed
-                                          if p is not host and p["cls"].startswith("panel_")):
-                    continue
-                if kind == "panel" and any(_overlap(_grown(_plate(p["box"]), 8), box) > 0 for p in placed
-                                           if p["cls"].startswith("mark_")):
-                    continue
-                if any(_overlap(cover, p["box"]) > 0 and (
-                        _visible_after(p["box"], p["covers"], cover) < 1 - _MAX_COVER
-                        or (p["keep"] is not None and _overlap(cover, p["keep"]) > 0)) for p in placed):
-                    continue
-                break
-            else:
+            # a newly placed panel's plate carries the mark sizes still to place, up to _GROUP
+            # of them: the largest group that finds room (marks are what the set is short of)
+            extra = [n for n, (f, h) in enumerate(queue) if h is None and f <= _RANGES["mark"][1]][:_GROUP - 1] \
+                if forced is not None else []
+            found = None
+            for k in range(len(extra) + 1, 0, -1):
+                sizes = [s] + [queue[n][0] * size for n in extra[:k - 1]]
+                for _attempt in range(100 if k == 1 else 25):
+                    if kind == "mark":  # the plate inside the panel, leaving its ring
+                        host = rng.choice(panels)
+                        rel, gw, gh = _group(sizes, rng)
+                        if not _hosts(host["box"], gw, gh):
+                            continue
+                        hx0, hy0, hx1, hy1 = host["box"]
+                        edge = _PLATE_MARGIN + _RING
+                        gx, gy = rng.uniform(hx0 + edge, hx1 - edge - gw), rng.uniform(hy0 + edge, hy1 - edge - gh)
+                        boxes = [(gx + r[0], gy + r[1], gx + r[2], gy + r[3]) for r in rel]
+                        cover = _grown((gx, gy, gx + gw, gy + gh), _PLATE_MARGIN)  # drawn over earlier objects
+                    else:
+                        cx, cy = rng.uniform(s / 2, size - s / 2), rng.uniform(s / 2, size - s / 2)
+                        boxes = [_box(cx, cy, s, rng)]
+                        cover = boxes[0]
+                    if not all(_inside(box, size) for box in boxes):
+                        continue
+                    if any(_overlap(box, p["box"]) > _MAX_IOU * (_area(box) + _area(p["box"]) - _overlap(box, p["box"]))
+                           for box in boxes for p in placed):
+                        continue  # two objects in nearly one place are one detection, not two
+                    # the colour around a plate is its host's alone: no other panel within 8 px of it
+                    if kind == "mark" and any(_overlap(_grown(cover, 8), p["box"]) > 0 for p in placed
+                                              if p is not host and p["cls"].startswith("panel_")):
+                        continue
+                    if kind == "panel" and any(_overlap(_grown(p["plate"], 8), cover) > 0 for p in placed
+                                               if "plate" in p):
+                        continue
+                    # every object keeps 40 % of its box visible -- a host, of what its plate
+                    # left: the plate itself is exempt, the ring is its rule -- and a disc's
+                    # centre stays as it was drawn
+                    if any(_overlap(cover, p["box"]) > 0 and (
+                            (p is not host and _visible_after(p["box"], p["covers"], cover) < p["min_visible"])
+                            or (p["keep"] is not None and _overlap(cover, p["keep"]) > 0)) for p in placed):
+                        continue
+                    found = boxes
+                    break
+                if found is not None:
+                    break
+            if found is None:
                 if len(pending) < cfg.max_objects:
                     pending.append(frac)
                 continue
+            for n in sorted(extra[:len(found) - 1], reverse=True):  # the group's other sizes are placed
+                queue.pop(n)
+            box = found[0]
+            for p in placed:
+                if _overlap(cover, p["box"]) > 0:
+                    p["covers"].append(cover)
+            if host is not None:
+                host["min_visible"] = (1 - _MAX_COVER) * _visible_after(host["box"], host["covers"], cover)
+            keep = None
             if kind == "panel":
                 cls = f"panel_{rng.choice(tuple(PANEL_COLOURS))}"
                 _draw_panel(img, box, cls.removeprefix("panel_"), rng)
@@ -334,35 +374,31 @@ def _write_chunk(out: Path, start: int, count: int, seed: int, cfg: MultiscaleCo
                 cls = f"mark_{host['cls'].removeprefix('panel_')}"
                 grey = rng.randint(90, 170)
                 draw.rectangle(cover, fill=tuple(grey + rng.randint(-8, 8) for _ in range(3)))
-                _draw_mark(draw, box, _color(rng))
+                for box in found:
+                    _draw_mark(draw, box, _color(rng))
+                    placed.append({"box": box, "cls": cls, "covers": [], "keep": None, "plate": cover,
+                                   "min_visible": 1 - _MAX_COVER})
+                continue
             elif kind == "disc":
                 cls = rng.choice(("disc", "disc_dot"))
                 draw.ellipse(box, fill=_color(rng))
+                cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+                r = max(1.0, 0.05 * (box[2] - box[0]))
+                keep = (cx - 3 * r, cy - 3 * r, cx + 3 * r, cy + 3 * r)  # a plain disc's centre stays plain
+                if cls == "disc_dot":
+                    draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=_color(rng))
             elif kind == "triangle":
                 cls = "triangle"
                 draw.polygon([((box[0] + box[2]) / 2, box[1]), (box[2], box[3]), (box[0], box[3])], fill=_color(rng))
             else:
                 cls = "star"
                 _draw_star(draw, box, _color(rng))
-            keep = None
-            if cls == "disc_dot":
-                cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-                r = max(1.0, 0.05 * (box[2] - box[0]))
-                keep = (cx - 3 * r, cy - 3 * r, cx + 3 * r, cy + 3 * r)
-                draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=_color(rng))
-            elif cls == "disc":
-                cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-                r = max(1.0, 0.05 * (box[2] - box[0]))
-                keep = (cx - 3 * r, cy - 3 * r, cx + 3 * r, cy + 3 * r)  # a plain disc's centre stays plain
-            for p in placed:
-                if _overlap(cover, p["box"]) > 0:
-                    p["covers"].append(cover)
-            placed.append({"box": box, "cls": cls, "covers": [], "keep": keep})
+            placed.append({"box": box, "cls": cls, "covers": [], "keep": keep, "min_visible": 1 - _MAX_COVER})
             if kind == "panel":
-                # a plate is most of a panel: its mark comes now, with the largest mark size
+                # a plate is most of a panel: its marks come now, with the largest mark size
                 # still to place, before smaller objects fill the panel and leave no room
                 k = next((n for n, (f, h) in enumerate(queue) if h is None and f <= _RANGES["mark"][1]
-                          and _hosts(box, _plate_side(f * size))), None)
+                          and _hosts(box, 1.12 * f * size, 1.12 * f * size)), None)
                 if k is not None:
                     queue.insert(0, (queue.pop(k)[0], placed[-1]))
         # stray marks: the marks' look outside any panel, and not objects
