@@ -54,6 +54,17 @@ def test_zero_cost_scores_are_deterministic_fast_and_order_depth(score):
     assert zero_cost_score(score, bifpn, 3)[0] > a
 
 
+def test_default_settings_are_the_reference_schedules_detector():
+    """Scored at initialisation, a network must look as the reference table trains it."""
+    from efficientdet_graph.search.reference import Schedule
+    from efficientdet_graph.search.zerocost import ZeroCostSettings
+
+    z, s = ZeroCostSettings(), Schedule()
+    assert (z.backbone, z.image_size, z.channels, z.head_repeat, z.anchor_scale) == (
+        s.backbone, s.image_size, s.channels, s.head_repeat, s.anchor_scale)
+    assert z.num_classes == 10  # the multiscale task's classes (docs/tasks.md)
+
+
 def test_unknown_zero_cost_score_names_the_known_ones():
     with pytest.raises(SearchError, match="entropy, synflow"):
         zero_cost_score("grasp", load_graph("fpn"))

@@ -32,20 +32,23 @@ import torch
 from torch import nn
 
 from ..errors import SearchError
+from ..train.multiscale import MULTISCALE_CLASSES
+from .reference import Schedule
 
 __all__ = ["ZERO_COST_SCORES", "ZeroCostSettings", "gaussian_entropy", "synflow", "zero_cost_score"]
 
 
 @dataclass(frozen=True)
 class ZeroCostSettings:
-    """The detector the score looks at: the reference schedule's shapes by default."""
+    """The detector the score looks at: the reference schedule's shapes on the multiscale
+    task by default (``edg search fidelity`` takes them from the reference file instead)."""
 
-    backbone: str = "tinynet_e"
-    image_size: int = 192
-    channels: int = 32
-    head_repeat: int = 2
-    num_classes: int = 9
-    anchor_scale: float = 1.5
+    backbone: str = Schedule.backbone
+    image_size: int = Schedule.image_size
+    channels: int = Schedule.channels
+    head_repeat: int = Schedule.head_repeat
+    num_classes: int = len(MULTISCALE_CLASSES)
+    anchor_scale: float = Schedule.anchor_scale
     act: str = "swish"
     batch: int = 2
     draws: int = 3  # Gaussian draws averaged by the entropy score
