@@ -118,6 +118,20 @@ def test_two_builders_share_the_jobs_without_duplicates(data, tmp_path):
     assert workers <= {str(p.pid) for p in procs}
 
 
+def test_local_worker_processes_share_the_jobs_without_duplicates(data, tmp_path):
+    """``--workers 2``: spawned processes split the command's jobs, each trained once."""
+    out = tmp_path / "local"
+    proc = subprocess.Popen(_command(data, out, "--workers", "2"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=_env())
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    trials = _trials(out)
+    assert all(t.state == TrialState.COMPLETE for t in trials), [(t.number, t.state) for t in trials]
+    keys = [t.user_attrs["edg_key"] for t in trials]
+    assert len(keys) == 6 and len(set(keys)) == 6
+    assert str(proc.pid) not in {t.user_attrs["edg_worker"].split(":")[1] for t in trials}  # trained by workers
+
+
 def _pg_trials(storage) -> list:
     (summary,) = optuna.get_all_study_summaries(storage)
     return optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(deepcopy=False)

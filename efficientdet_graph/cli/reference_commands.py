@@ -135,8 +135,9 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _worker(args_dict: dict, index: int) -> int:
-    """One local worker process (spawned): joins the build and works until nothing is left."""
+def _worker(args_dict: dict, index: int, keys: list[str]) -> int:
+    """One local worker process (spawned): joins the build and works on the command's jobs
+    (``keys``) until none is left."""
     import signal
 
     # SIGTERM from the parent: a job waiting (for the shared backbone, or for others) goes
@@ -146,7 +147,7 @@ def _worker(args_dict: dict, index: int) -> int:
     build = _build(args)
     say = (lambda m: None) if args.quiet else (lambda m: print(f"[worker {index}] {m}", flush=True))
     try:
-        return build.work(say=say, keys=set(args.job_keys))
+        return build.work(say=say, keys=set(keys))
     except KeyboardInterrupt:
         print(f"[worker {index}] stopped; its job is back in the queue", flush=True)
         return 0
@@ -195,9 +196,8 @@ def cmd_reference(args: argparse.Namespace) -> int:
         rest = [n for n in nets if n.key not in floor_keys]
         added = build.add(floor, args.floor_seeds) + build.add(rest, args.seeds)
         # this command's jobs only: the same folder's queue may also hold a larger table's
-        args.job_keys = sorted({job_key(n, s) for n in floor for s in args.floor_seeds}
-                               | {job_key(n, s) for n in rest for s in args.seeds})
-        keys = set(args.job_keys)
+        keys = ({job_key(n, s) for n in floor for s in args.floor_seeds}
+                | {job_key(n, s) for n in rest for s in args.seeds})
         counts = build.queue.counts()
         print(f"{len(nets)} networks; {added} job(s) added; jobs: "
               + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), file=sys.stderr)
@@ -211,7 +211,8 @@ def cmd_reference(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, _interrupt)
             ctx = multiprocessing.get_context("spawn")
             plain = {k: v for k, v in vars(args).items() if k not in ("handler",) and not callable(v)}
-            procs = [ctx.Process(target=_worker, args=(plain, i), daemon=False) for i in range(args.workers)]
+            procs = [ctx.Process(target=_worker, args=(plain, i, sorted(keys)), daemon=False)
+                     for i in range(args.workers)]
             for p in procs:
                 p.start()
             try:
