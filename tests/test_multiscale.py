@@ -277,12 +277,12 @@ def _p3_support(graph: str) -> tuple[int, int]:
     import torch
 
     from efficientdet_graph.model import create_model
-    from efficientdet_graph.search.reference import Network, Schedule, _model_yaml
+    from efficientdet_graph.search.reference import Network, Schedule, model_yaml
 
     s = Schedule()
     with tempfile.TemporaryDirectory() as d:
         spec = Path(d) / "model.yaml"
-        spec.write_text(_model_yaml(Network("x", "", s.repeat, "graph", key="x"), s, 10)
+        spec.write_text(model_yaml(Network("x", "", s.repeat, "graph", key="x"), s, 10)
                         .replace("graph: graph.yaml", f"graph: {graph}"))
         model = create_model(str(spec)).eval()
     x = torch.randn(1, 3, s.image_size, s.image_size, requires_grad=True)

@@ -33,7 +33,7 @@ from ..errors import ConfigError, DataError, SearchError
 from ..graph import canonical_hash, graph_to_yaml
 from .jobs import Job, JobQueue
 
-__all__ = ["Schedule", "Network", "network_from_graph", "space_networks", "job_key", "run_job",
+__all__ = ["Schedule", "Network", "network_from_graph", "space_networks", "job_key", "model_yaml", "run_job",
            "ReferenceBuild", "summarize", "gate", "FLOOR"]
 
 #: the noise-floor networks: the no-fusion neck and three published ones, with more seeds
@@ -171,7 +171,8 @@ def job_key(net: Network, seed: int) -> str:
 # ---------------------------------------------------------------------------- one job
 
 
-def _model_yaml(net: Network, schedule: Schedule, num_classes: int) -> str:
+def model_yaml(net: Network, schedule: Schedule, num_classes: int) -> str:
+    """The model spec a job trains (its graph beside it as ``graph.yaml``)."""
     lines = [
         f"name: ref-{net.key}",
         "graph: graph.yaml",
@@ -224,7 +225,7 @@ def pretrained_backbone(out: Path, data: str, schedule: Schedule, say: Callable[
         say(f"pre-training the shared backbone ({schedule.pretrain_epochs} epochs, {schedule.pretrain_graph} neck)")
         net = Network("pretrain", "", schedule.repeat, "graph", key="pretrain")
         num_classes = num_categories(resolve_data(data, "train")[0])
-        atomic_write_text(work / "model.yaml", _model_yaml(net, schedule, num_classes).replace(
+        atomic_write_text(work / "model.yaml", model_yaml(net, schedule, num_classes).replace(
             "graph: graph.yaml", f"graph: {schedule.pretrain_graph}"))
         # one job's threads: on a shared machine more threads than free cores make PyTorch's
         # thread pool wait on itself (measured: 6 images/s with 2 threads on one free core,
@@ -302,7 +303,7 @@ def run_job(spec: dict, data: str, job_dir: Path, init: Path | None = None, quie
     job_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(job_dir / "graph.yaml", spec["graph_yaml"])
     num_classes = num_categories(resolve_data(data, "train")[0])
-    atomic_write_text(job_dir / "model.yaml", _model_yaml(Network(**spec["network"]), schedule, num_classes))
+    atomic_write_text(job_dir / "model.yaml", model_yaml(Network(**spec["network"]), schedule, num_classes))
     torch.set_num_threads(schedule.threads)
     t0 = time.perf_counter()
     cfg = TrainConfig(model=str(job_dir / "model.yaml"), data=data, out=str(job_dir), epochs=schedule.epochs,
