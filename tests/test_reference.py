@@ -103,10 +103,11 @@ def test_killed_build_restarted_finishes_every_job_exactly_once(data, tmp_path):
     assert third.returncode == 0 and len(_trials(out)) == len(trials)
 
 
-def test_two_builders_share_the_jobs_without_duplicates(data, tmp_path):
-    out = tmp_path / "shared"
-    procs = [subprocess.Popen(_command(data, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              env=_env()) for _ in range(2)]
+def _builders_finish_every_job_once(cmds: list[list[str]], out: Path) -> tuple[list[subprocess.Popen], set[str]]:
+    """Run the builders to the end; every one of the 6 jobs finished exactly once. Returns
+    the builders and the pids that trained the jobs."""
+    procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+             for c in cmds]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
@@ -114,22 +115,20 @@ def test_two_builders_share_the_jobs_without_duplicates(data, tmp_path):
     assert all(t.state == TrialState.COMPLETE for t in trials), [(t.number, t.state) for t in trials]
     keys = [t.user_attrs["edg_key"] for t in trials]
     assert len(keys) == 6 and len(set(keys)) == 6
-    workers = {t.user_attrs["edg_worker"].split(":")[1] for t in trials}
+    return procs, {t.user_attrs["edg_worker"].split(":")[1] for t in trials}
+
+
+def test_two_builders_share_the_jobs_without_duplicates(data, tmp_path):
+    out = tmp_path / "shared"
+    procs, workers = _builders_finish_every_job_once([_command(data, out)] * 2, out)
     assert workers <= {str(p.pid) for p in procs}
 
 
 def test_local_worker_processes_share_the_jobs_without_duplicates(data, tmp_path):
     """``--workers 2``: spawned processes split the command's jobs, each trained once."""
     out = tmp_path / "local"
-    proc = subprocess.Popen(_command(data, out, "--workers", "2"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env=_env())
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-2000:]
-    trials = _trials(out)
-    assert all(t.state == TrialState.COMPLETE for t in trials), [(t.number, t.state) for t in trials]
-    keys = [t.user_attrs["edg_key"] for t in trials]
-    assert len(keys) == 6 and len(set(keys)) == 6
-    assert str(proc.pid) not in {t.user_attrs["edg_worker"].split(":")[1] for t in trials}  # trained by workers
+    (proc,), workers = _builders_finish_every_job_once([_command(data, out, "--workers", "2")], out)
+    assert str(proc.pid) not in workers  # trained by the spawned workers
 
 
 def _pg_trials(storage) -> list:

@@ -194,6 +194,11 @@ def _group(sizes: list[float], rng: random.Random) -> tuple[list[tuple], float, 
              for b, (c, r) in zip(boxes, cells)], cols * cell, rows * cell)
 
 
+def _longest(s: float) -> tuple[float, float]:
+    """The room a mark of size ``s`` may need each way: its longer side at aspect 1.25."""
+    return 1.12 * s, 1.12 * s
+
+
 def _hosts(panel, width: float, height: float) -> bool:
     """Whether a panel has room for a plate over a group of marks ``width`` x ``height``."""
     return (panel[2] - panel[0] >= width + 2 * (_PLATE_MARGIN + _RING)
@@ -306,7 +311,7 @@ def _write_chunk(out: Path, start: int, count: int, seed: int, cfg: MultiscaleCo
             if forced is not None:
                 panels, kind = [forced], "mark"
             else:
-                panels = [p for p in placed if p["cls"].startswith("panel_") and _hosts(p["box"], 1.12 * s, 1.12 * s)]
+                panels = [p for p in placed if p["cls"].startswith("panel_") and _hosts(p["box"], *_longest(s))]
                 kinds = _classes_at(frac, bool(panels))
                 kind = rng.choices(kinds, weights=[_WEIGHTS[k] for k in kinds])[0]
             # a newly placed panel's plate carries the mark sizes still to place, up to _GROUP
@@ -398,7 +403,7 @@ def _write_chunk(out: Path, start: int, count: int, seed: int, cfg: MultiscaleCo
                 # a plate is most of a panel: its marks come now, with the largest mark size
                 # still to place, before smaller objects fill the panel and leave no room
                 k = next((n for n, (f, h) in enumerate(queue) if h is None and f <= _RANGES["mark"][1]
-                          and _hosts(box, 1.12 * f * size, 1.12 * f * size)), None)
+                          and _hosts(box, *_longest(f * size))), None)
                 if k is not None:
                     queue.insert(0, (queue.pop(k)[0], placed[-1]))
         # stray marks: the marks' look outside any panel, and not objects
