@@ -27,14 +27,16 @@ import torch
 MARKS = ("mark_red", "mark_green", "mark_blue")
 
 
-def _one(build: Path, graph: str, init_seed: int, data_seed: int, epochs: int, out: Path) -> dict:
+def _one(build: Path, graph: str, init_seed: int, data_seed: int, epochs: int, out: Path, settings: list[str]) -> dict:
     import efficientdet_graph.train.loop as loop
     from efficientdet_graph import graph_to_yaml, load_graph
     from efficientdet_graph.search.reference import Network, Schedule, model_yaml, pretrained_backbone
     from efficientdet_graph.train import TrainConfig, train
     from efficientdet_graph.train.data import Augment
 
-    schedule = Schedule()
+    from efficientdet_graph.cli.reference_commands import _schedule
+
+    schedule = _schedule(settings)  # the reference schedule, with edg search reference's --schedule settings
     backbone = pretrained_backbone(build, str(build / "data"), schedule)  # the build's own (trained if missing)
     out.mkdir(parents=True, exist_ok=True)
     (out / "graph.yaml").write_text(graph_to_yaml(load_graph(graph)))
@@ -51,7 +53,9 @@ def _one(build: Path, graph: str, init_seed: int, data_seed: int, epochs: int, o
     try:
         t0 = time.perf_counter()
         train(TrainConfig(model=str(out / "model.yaml"), data=str(build / "data"), out=str(out),
-                          epochs=schedule.epochs, batch_size=schedule.batch_size, lr=schedule.lr, seed=init_seed,
+                          epochs=schedule.epochs, batch_size=schedule.batch_size, lr=schedule.lr,
+                          backbone_lr=schedule.backbone_lr, backbone_lr_epochs=schedule.backbone_lr_epochs,
+                          seed=init_seed,
                           workers=0, eval_every=1, quiet=True, augment=Augment() if schedule.augment else None,
                           init=str(backbone), device="cpu", amp="off",
                           max_steps=epochs * (images // schedule.batch_size)))
@@ -82,6 +86,8 @@ def main() -> int:
     ap.add_argument("--graph", default="fpn")
     ap.add_argument("--runs", nargs="+", type=_pair, default=[(0, 0), (1, 1)], help="INIT_SEED:DATA_SEED")
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--schedule", action="append", default=[], metavar="KEY=VALUE",
+                    help="reference-schedule setting, as edg search reference takes it (repeatable)")
     ap.add_argument("--work", type=Path, default=Path("runs/context-onset"))
     ap.add_argument("--out", type=Path, default=Path("search/results/context-onset-multiscale.json"))
     args = ap.parse_args()
@@ -90,12 +96,12 @@ def main() -> int:
     if args.epochs < 1:
         ap.error(f"--epochs {args.epochs}: must be >= 1")
     for i, d in args.runs:
-        row = _one(args.build, args.graph, i, d, args.epochs, args.work / f"{args.graph}-i{i}-d{d}")
+        row = _one(args.build, args.graph, i, d, args.epochs, args.work / f"{args.graph}-i{i}-d{d}", args.schedule)
         print(f"{args.graph} init {i} data {d}: mark AP@0.5 by epoch {row['mark_ap50']}", flush=True)
         runs.append(row)
     doc = {"command": " ".join(["python", *sys.argv]), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
            "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version()},
-           "versions": {"torch": torch.__version__}, "epochs": args.epochs, "runs": runs}
+           "versions": {"torch": torch.__version__}, "epochs": args.epochs, "schedule": args.schedule, "runs": runs}
     from efficientdet_graph._io import atomic_write_text
 
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -95,6 +95,11 @@ def _train_args(p: argparse.ArgumentParser, default_out: str = "runs/train") -> 
     p.add_argument("--batch-size", type=bounded(int, 1, 4096), default=16, help="global batch (split across processes)")
     p.add_argument("--lr", type=bounded(float, 0, 1e30, lo_open=True), default=None)
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    p.add_argument("--backbone-lr", type=bounded(float, 0, 1e6), default=1.0, metavar="X",
+                   help="the backbone's learning rate as a multiple of --lr (0: frozen; default 1.0)")
+    p.add_argument("--backbone-lr-epochs", type=bounded(float, 0, 1e6), default=None, metavar="E",
+                   help="apply --backbone-lr for the first E epochs only, then the backbone trains at --lr "
+                        "(default: the whole run)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=bounded(int, 0, 2**31 - 1), default=0)
     p.add_argument("--image-size", type=bounded(int, 32, 8192), default=None)

@@ -63,6 +63,14 @@ class Schedule:
     # context classes in only some seeds within 15 epochs (docs/reference-table.md)
     batch_size: int = 8
     lr: float = 4e-3
+    # the shared backbone is frozen for the first 2 epochs (TrainConfig.backbone_lr and
+    # backbone_lr_epochs), then trains at lr: with the backbone trained from the first
+    # step, the early steps wiped the panel colour from its P4 features (and from the
+    # neck's P3 and P4) in some seeds, which then never named the marks; at 0.1 x lr for
+    # the whole run the stuck seeds took the marks but the plain shapes were barely learned
+    # (scripts/context_onset.py, scripts/probe_context.py; docs/reference-table.md)
+    backbone_lr: float = 0.0
+    backbone_lr_epochs: float = 2.0
     augment: bool = True
     threads: int = 1
     # No pretrained weights can be downloaded here, and a backbone trained from scratch in a
@@ -84,6 +92,10 @@ class Schedule:
         for name in ("image_size", "channels", "repeat", "epochs", "batch_size", "threads", "pretrain_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"schedule {name} must be >= 1, got {getattr(self, name)}")
+        if not (self.backbone_lr >= 0 and math.isfinite(self.backbone_lr)):
+            raise ConfigError(f"schedule backbone_lr must be a number >= 0 (a multiple of lr), got {self.backbone_lr}")
+        if not (self.backbone_lr_epochs >= 0 and math.isfinite(self.backbone_lr_epochs)):
+            raise ConfigError(f"schedule backbone_lr_epochs must be a number >= 0, got {self.backbone_lr_epochs}")
         for name in ("lr", "pretrain_lr"):
             if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
                 raise ConfigError(f"schedule {name} must be a positive number, got {getattr(self, name)}")
@@ -310,7 +322,9 @@ def run_job(spec: dict, data: str, job_dir: Path, init: Path | None = None, quie
     torch.set_num_threads(schedule.threads)
     t0 = time.perf_counter()
     cfg = TrainConfig(model=str(job_dir / "model.yaml"), data=data, out=str(job_dir), epochs=schedule.epochs,
-                      batch_size=schedule.batch_size, lr=schedule.lr, seed=int(spec["seed"]), workers=0,
+                      batch_size=schedule.batch_size, lr=schedule.lr, backbone_lr=schedule.backbone_lr,
+                      backbone_lr_epochs=schedule.backbone_lr_epochs,
+                      seed=int(spec["seed"]), workers=0,
                       eval_every=schedule.epochs, resume=(job_dir / "last.pt").exists(), quiet=quiet,
                       augment=Augment() if schedule.augment else None, init=str(init) if init else None,
                       device=device, amp="off")

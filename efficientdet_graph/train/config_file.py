@@ -92,6 +92,10 @@ class TrainFile(BaseModel):
     lr: Annotated[Number, Field(gt=0)] | None = None
     weight_decay: Annotated[Number, Field(ge=0)] | None = None
     warmup_epochs: Annotated[Number, Field(ge=0)] | None = None
+    backbone_lr: Annotated[Number, Field(ge=0)] | None = Field(
+        None, description="the backbone's learning rate as a multiple of lr (0: frozen)")
+    backbone_lr_epochs: Annotated[Number, Field(ge=0)] | None = Field(
+        None, description="backbone_lr holds for this many epochs, then the backbone trains at lr (default: all)")
     ema_decay: Annotated[Number, Field(ge=0, lt=1)] | None = None
     clip_grad: Annotated[Number, Field(gt=0)] | None = None
     freeze_bn: StrictBool | None = None

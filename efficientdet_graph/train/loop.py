@@ -42,6 +42,11 @@ class TrainConfig:
     optimizer: str = "adamw"
     weight_decay: float | None = None
     warmup_epochs: float = 1.0
+    # the backbone's learning rate as a multiple of lr, for the first backbone_lr_epochs
+    # epochs (None: the whole run): below 1 keeps pretrained features from being overwritten
+    # while the neck and heads are still random (measured: docs/reference-table.md)
+    backbone_lr: float = 1.0
+    backbone_lr_epochs: float | None = None
     ema_decay: float = 0.9998
     clip_grad: float = 10.0
     device: str = "auto"
@@ -198,6 +203,26 @@ def _init_backbone(model: EfficientDet, path: str) -> None:
     model.backbone.load_state_dict({k: theirs[k] for k in ours})
 
 
+def _param_groups(model: EfficientDet, backbone_lr: float) -> list[dict]:
+    """One group, or the backbone's then the rest's where the backbone has its own rate (a
+    run of one group resumes as it was saved: the optimizer state keeps the groups' layout)."""
+    if backbone_lr == 1.0:
+        return [{"params": list(model.parameters())}]
+    backbone = {id(p) for p in model.backbone.parameters()}
+    return [{"params": [p for p in model.parameters() if id(p) in backbone]},
+            {"params": [p for p in model.parameters() if id(p) not in backbone]}]
+
+
+def _lr_lambdas(cfg: TrainConfig, total: int, warmup: int, steps_per_epoch: int) -> list:
+    """Each group's multiple of lr by step: the backbone's scaled by ``backbone_lr`` for its
+    first ``backbone_lr_epochs`` epochs, then as the rest."""
+    f = _lr_lambda(total, warmup)
+    if cfg.backbone_lr == 1.0:
+        return [f]
+    until = total if cfg.backbone_lr_epochs is None else round(cfg.backbone_lr_epochs * steps_per_epoch)
+    return [lambda step: f(step) * (cfg.backbone_lr if step < until else 1.0), f]
+
+
 def _lr_lambda(total: int, warmup: int):
     def f(step: int) -> float:
         if step < warmup:
@@ -312,18 +337,22 @@ def _train(cfg: TrainConfig) -> dict:
     if steps_per_epoch == 0:
         raise DataError(f"{len(train_set)} training images are fewer than one batch of {cfg.batch_size}")
     total_steps = steps_per_epoch * cfg.epochs
+    if not (cfg.backbone_lr >= 0 and math.isfinite(cfg.backbone_lr)):
+        raise ConfigError(f"backbone_lr is a multiple of lr, >= 0 (0: frozen backbone), got {cfg.backbone_lr}")
+    if cfg.backbone_lr_epochs is not None and not (cfg.backbone_lr_epochs >= 0 and math.isfinite(cfg.backbone_lr_epochs)):
+        raise ConfigError(f"backbone_lr_epochs must be a number of epochs >= 0, got {cfg.backbone_lr_epochs}")
     if cfg.optimizer == "sgd":
         lr = cfg.lr or 0.08 * cfg.batch_size / 64
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9,
+        opt = torch.optim.SGD(_param_groups(model, cfg.backbone_lr), lr=lr, momentum=0.9,
                               weight_decay=4e-5 if cfg.weight_decay is None else cfg.weight_decay)
     elif cfg.optimizer == "adamw":
         lr = cfg.lr or 2e-3
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01 if cfg.weight_decay is None else cfg.weight_decay,
-                                foreach=True)
+        opt = torch.optim.AdamW(_param_groups(model, cfg.backbone_lr), lr=lr,
+                                weight_decay=0.01 if cfg.weight_decay is None else cfg.weight_decay, foreach=True)
     else:
         raise ConfigError(f"--optimizer must be sgd or adamw, got {cfg.optimizer!r}")
     warmup = warmup_steps(cfg.warmup_epochs, steps_per_epoch, total_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total_steps, warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambdas(cfg, total_steps, warmup, steps_per_epoch))
     start_epoch, step = 0, 0
     if resumed is not None:
         state = resumed["train_state"]
@@ -346,9 +375,9 @@ def _train(cfg: TrainConfig) -> dict:
         if cfg.lr is not None and cfg.lr != was_lr:
             # asked for explicitly (e.g. after a divergence): the same schedule from a new peak
             sched.base_lrs = [cfg.lr for _ in opt.param_groups]
-            for group in opt.param_groups:
+            for group, f in zip(opt.param_groups, sched.lr_lambdas):
                 group["initial_lr"] = cfg.lr
-                group["lr"] = cfg.lr * sched.lr_lambdas[0](sched.last_epoch)
+                group["lr"] = cfg.lr * f(sched.last_epoch)
             if main:
                 print(f"resumed with --lr {cfg.lr} (the run had {was_lr or 'the default'})")
     log = MetricsLog(out / "metrics.jsonl", enabled=main)
