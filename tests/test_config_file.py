@@ -107,7 +107,8 @@ def test_written_run_reads_back_to_the_same_config(tmp_path):
 
     spec = run_file(tmp_path, "name: x\n", "spec.yaml")  # a path that exists: written absolute
     varied = dict(model="micro", data=str(tmp_path), out=str(tmp_path / "o"), epochs=3, batch_size=5, lr=0.01,
-                  optimizer="sgd", weight_decay=0.001, warmup_epochs=0.5, backbone_lr=0.1, backbone_lr_epochs=2.5, ema_decay=0.99, clip_grad=2.5,
+                  optimizer="sgd", weight_decay=0.001, warmup_epochs=0.5, backbone_lr=0.1, backbone_lr_epochs=2.5,
+                  ema_decay=0.99, clip_grad=2.5,
                   device="cpu", seed=4, image_size=96, graph=str(spec), fpn_repeat=3, fpn_channels=24, init=str(spec),
                   freeze_bn=True, sync_bn=True,
                   eval_every=2, log_every=3, max_steps=11, save_every=6, synthetic_train=20, synthetic_val=0,

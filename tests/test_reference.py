@@ -334,9 +334,8 @@ def test_the_default_schedule_hashes_every_setting():
     from efficientdet_graph.search.reference import Schedule
 
     now = {"backbone": "lcnet_050", "image_size": 192, "channels": 32, "repeat": 1, "head_repeat": 1,
-           "anchor_scale": 1.5, "epochs": 15, "batch_size": 8, "lr": 4e-3, "backbone_lr": 0.0, "backbone_lr_epochs": 2.0,
-           "augment": True,
-           "threads": 1,
+           "anchor_scale": 1.5, "epochs": 15, "batch_size": 8, "lr": 4e-3, "backbone_lr": 0.0,
+           "backbone_lr_epochs": 2.0, "augment": True, "threads": 1,
            "pretrain_epochs": 10, "pretrain_task": "classify", "pretrain_graph": "nofusion",
            "pretrain_batch_size": 16, "pretrain_lr": 4e-3}
     assert Schedule().fingerprint() == hashlib.sha256(json.dumps(now, sort_keys=True).encode()).hexdigest()[:10]

@@ -339,7 +339,8 @@ def _train(cfg: TrainConfig) -> dict:
     total_steps = steps_per_epoch * cfg.epochs
     if not (cfg.backbone_lr >= 0 and math.isfinite(cfg.backbone_lr)):
         raise ConfigError(f"backbone_lr is a multiple of lr, >= 0 (0: frozen backbone), got {cfg.backbone_lr}")
-    if cfg.backbone_lr_epochs is not None and not (cfg.backbone_lr_epochs >= 0 and math.isfinite(cfg.backbone_lr_epochs)):
+    epochs = cfg.backbone_lr_epochs
+    if epochs is not None and not (epochs >= 0 and math.isfinite(epochs)):
         raise ConfigError(f"backbone_lr_epochs must be a number of epochs >= 0, got {cfg.backbone_lr_epochs}")
     if cfg.optimizer == "sgd":
         lr = cfg.lr or 0.08 * cfg.batch_size / 64
