@@ -340,3 +340,22 @@ def test_the_default_schedule_hashes_every_setting():
            "pretrain_batch_size": 16, "pretrain_lr": 4e-3}
     assert Schedule().fingerprint() == hashlib.sha256(json.dumps(now, sort_keys=True).encode()).hexdigest()[:10]
     assert Schedule(pretrain_lr=1e-3).fingerprint() != Schedule().fingerprint()
+
+
+def test_a_space_point_named_like_a_floor_network_is_its_own_row():
+    """bifpn_edges' point ``fpn`` (two layers) is another network than the floor's ``fpn``
+    (one layer): its seeds must not join the floor's, nor move the gate."""
+    from efficientdet_graph.search.reference import gate, summarize
+
+    def row(name, key, source, repeat, seed, v):
+        return {"network": name, "key": key, "source": source, "repeat": repeat, "seed": seed,
+                "val": {"map50": v}, "test": {"map50": v}}
+
+    floor = {"nofusion": [0.60, 0.61, 0.62, 0.61, 0.60], "fpn": [0.80, 0.81, 0.80, 0.82, 0.81],
+             "panet": [0.85, 0.86, 0.85, 0.86, 0.85], "bifpn": [0.90, 0.91, 0.90, 0.91, 0.90]}
+    rows = [row(n, n, "graph", 1, s, v) for n, vs in floor.items() for s, v in enumerate(vs)]
+    rows.append(row("fpn", "other", "point", 2, 0, 0.40))
+    table = {s["network"]: s for s in summarize(rows)}
+    assert table["fpn"]["seeds"] == [0, 1, 2, 3, 4] and table["fpn"]["val"]["mean"] == pytest.approx(0.808)
+    assert table["fpn (point x2)"]["seeds"] == [0] and table["fpn (point x2)"]["val"]["mean"] == 0.40
+    assert gate(summarize(rows)) == gate(summarize(rows[:-1]))

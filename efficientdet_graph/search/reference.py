@@ -427,13 +427,22 @@ def _stats(values: list[float]) -> dict:
 
 
 def summarize(rows: Sequence[dict], metric: str = "map50") -> list[dict]:
-    """Per network: seeds, mean/SD/range on search-val and on test, FLOPs and parameters."""
+    """Per network (its key: a space's point may share a named graph's name, e.g. ``fpn`` at
+    another depth): seeds, mean/SD/range on search-val and on test, FLOPs and parameters.
+    A named graph keeps its name; a network whose name another key also has is labelled
+    with its source and depth, so the floor's rows are never pooled with another network."""
     by: dict[str, list[dict]] = {}
     for r in rows:
-        by.setdefault(r["network"], []).append(r)
+        by.setdefault(r["key"], []).append(r)
+    names: dict[str, int] = {}
+    for rs in by.values():
+        names[rs[0]["network"]] = names.get(rs[0]["network"], 0) + 1
     out = []
-    for name, rs in by.items():
+    for rs in by.values():
         rs = sorted(rs, key=lambda r: r["seed"])
+        name = rs[0]["network"]
+        if names[name] > 1 and rs[0]["source"] != "graph":
+            name = f"{name} ({rs[0]['source']} x{rs[0]['repeat']})"
         out.append({"network": name, "key": rs[0]["key"], "source": rs[0]["source"], "repeat": rs[0]["repeat"],
                     "graph_yaml": rs[0].get("graph_yaml"),
                     "seeds": [r["seed"] for r in rs], "flops": rs[0].get("flops"), "params": rs[0].get("params"),

@@ -62,7 +62,7 @@ def per_class_table(table: Sequence[dict], rows: Sequence[dict]) -> str:
     lines = ["| network | " + " | ".join(c.removeprefix("ap50/") for c in classes) + " |",
              "|---|" + "---|" * len(classes)]
     for s in table:
-        mine = [r["val"] for r in rows if r["network"] == s["network"]]
+        mine = [r["val"] for r in rows if r.get("key", r["network"]) == s.get("key", s["network"])]
         cells = [statistics.fmean(v[c] for v in mine if c in v) if any(c in v for v in mine) else None for c in classes]
         lines.append(f"| {s['network']} | " + " | ".join(_f(c, 2) for c in cells) + " |")
     return "\n".join(["", "Search-val AP@0.5 per class (mean over seeds):", "", *lines]) + "\n"
