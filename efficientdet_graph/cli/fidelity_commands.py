@@ -11,6 +11,8 @@ from ..errors import SearchError
 
 __all__ = ["register_search"]
 
+SCORE_CHOICES = ("map50", "map", "val_loss", "train_loss", "extrapolated")  # search.proxy_scores.SCORES
+
 SCORES_FORMAT = ('a JSON object mapping network name (as in the reference table) to score, higher is better, '
                  'e.g. {"fpn": 0.41, "bifpn": 0.45, "nofusion": 0.30, "panet": 0.43}')
 
@@ -29,6 +31,19 @@ def register_search(s: argparse._SubParsersAction) -> None:
                      help="judge a training-free score computed here for every network of the table, at "
                           "initialisation on the reference schedule's shapes (entropy: MAE-DET's Gaussian entropy; "
                           "synflow: synaptic flow)")
+    how.add_argument("--proxy", nargs="*", default=None, metavar="KEY=VALUE",
+                     help="train the proxy on every network of the table and judge its ranking; KEY=VALUE pairs "
+                          "are proxy settings (ProxyConfig fields: epochs=2 trial_images=512 channels=16 ...) laid "
+                          "over the reference's own data, backbone, shapes and shared pre-trained backbone")
+    q.add_argument("--score", choices=SCORE_CHOICES, default="map50",
+                   help="with --proxy: the trial score judged (the others are reported beside it): map50, map, "
+                        "val_loss, train_loss (the sum of epoch losses, SoTL), extrapolated (asymptote of the "
+                        "mAP@0.5 curve)")
+    q.add_argument("--proxy-seeds", type=int, default=1, metavar="N",
+                   help="with --proxy: trials per network (seeds 0..N-1); a network's score is their mean")
+    q.add_argument("--cache", default="runs/proxy-cache", metavar="DIR",
+                   help="with --proxy: the cached backbone features and the log of finished trials (a cut-short "
+                        "run goes on from it)")
     q.add_argument("--split", choices=("val", "test"), default="val",
                    help="the reference split the ranking is compared with (test: final claims only)")
     q.add_argument("--metric", choices=("map50", "map", "map75"), default="map50",
@@ -40,6 +55,24 @@ def register_search(s: argparse._SubParsersAction) -> None:
     q.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     q.add_argument("--results", default=None, metavar="OUT.json", help="write the figures and the verdict here")
     q.set_defaults(handler=cmd_fidelity)
+
+    q = s.add_parser(
+        "calibrate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="proxy variants, training-free scores and FLOPs/params priors judged against a reference table in "
+             "one table; picks the default proxy (the cheapest that clears the bar), exit 1 when none does")
+    q.add_argument("reference", metavar="REFERENCE", help="the reference results file (edg search reference --results)")
+    q.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                   help="proxy variants to train (default: all registered: edg search calibrate --list)")
+    q.add_argument("--list", action="store_true", help="list the registered variants and their settings, and exit")
+    q.add_argument("--zero-cost", nargs="*", default=["entropy", "synflow"], choices=("entropy", "synflow"),
+                   help="training-free scores to judge beside them")
+    q.add_argument("--split", choices=("val", "test"), default="val")
+    q.add_argument("--cache", default="runs/proxy-cache", metavar="DIR",
+                   help="cached backbone features and the logs of finished trials (a cut-short run goes on)")
+    q.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
+    q.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    q.add_argument("--results", default=None, metavar="OUT.json", help="the table (and OUT.md beside it)")
+    q.set_defaults(handler=cmd_calibrate)
 
 
 def _read_json(path: str, what: str):
@@ -79,40 +112,44 @@ def _scores(path: str) -> dict[str, float]:
     return {k: float(v) for k, v in doc.items()}
 
 
-def _zero_cost(doc: dict, table: list[dict], name: str, path: str) -> tuple[dict[str, float], dict]:
-    """Every table network's training-free score, on the shapes of the file's schedule."""
+def _proxy_settings(items: list[str]) -> dict:
+    """``KEY=VALUE`` pairs as typed ProxyConfig fields; an unknown key names a close one."""
+    from ..errors import close_match
+    from ..search.proxy import ProxyConfig
+    from ..search.study import _coerce
+
+    fields = ProxyConfig.__dataclass_fields__
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SearchError(f"--proxy {item!r}: expected KEY=VALUE, e.g. epochs=2")
+        if key not in fields or key in ("RESULT_NEUTRAL", "DATA_FIELDS"):
+            hint = close_match(key, list(fields))
+            raise SearchError(f"--proxy {key}=...: unknown proxy setting" + (f" (did you mean {hint!r}?)" if hint
+                                                                             else f"; known: {', '.join(fields)}"))
+        out[key] = None if value.lower() == "none" and "None" in str(fields[key].type) else \
+            _coerce(fields[key].type, value)
+    return out
+
+
+def _run_proxy(args: argparse.Namespace, doc: dict, table: list[dict]) -> tuple[dict[str, list[dict]], dict]:
+    """Trials of the proxy on every table network, and what the results file keeps of them."""
     import statistics
     from dataclasses import asdict
 
-    import torch
+    from ..search.calibrate import reference_proxy, score_table
 
-    from ..graph import build_graph
-    from ..spec import load_spec_text
-    from ..search.zerocost import ZeroCostSettings, zero_cost_score
-
-    sched = doc.get("schedule") or {}
-    classes = ((doc.get("task") or {}).get("splits") or {}).get("train", {}).get("classes")
-    settings = ZeroCostSettings(**{k: sched[k] for k in ("backbone", "image_size", "channels", "head_repeat",
-                                                         "anchor_scale") if k in sched},
-                                **({"num_classes": len(classes)} if classes else {}))
-    lacking = [r.get("network", "?") for r in table if not r.get("graph_yaml")]
-    if lacking:
-        raise SearchError(f"reference {path}: no graph for {', '.join(lacking)} (a file written before graphs were "
-                          "kept in the table: write it again with the same edg search reference command and --no-gate)")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the seconds below are one core's
-    try:
-        scores, seconds = {}, {}
-        for r in table:
-            repeat = r.get("repeat") or 1
-            if isinstance(repeat, bool) or not isinstance(repeat, int) or not 1 <= repeat <= 64:
-                raise SearchError(f"reference {path}: {r['network']}: repeat {repeat!r} is not a whole number 1..64")
-            graph = build_graph(*load_spec_text(str(r["graph_yaml"]), f"{path}#{r['network']}"))
-            scores[r["network"]], seconds[r["network"]] = zero_cost_score(name, graph, repeat, settings)
-    finally:
-        torch.set_num_threads(threads)
-    return scores, {"score": name, "settings": asdict(settings), "scores": scores, "seconds": seconds,
-                    "median_seconds": statistics.median(seconds.values())}
+    if not 1 <= args.proxy_seeds <= 20:
+        raise SearchError(f"--proxy-seeds must be 1..20, got {args.proxy_seeds}")
+    cfg = reference_proxy(doc, _proxy_settings(args.proxy))
+    rows = [r for r in table if (r.get(args.split) or {}).get("values")]
+    trials, log = score_table(rows, cfg, args.cache, range(args.proxy_seeds), where=f"reference {args.reference}")
+    wall = [t["seconds"] for t in trials]
+    cpu = [t["cpu_seconds"] for t in trials]
+    return trials, {"settings": asdict(cfg), "seeds": list(range(args.proxy_seeds)), "trial_log": str(log),
+                    "median_trial_seconds": statistics.median(wall), "median_trial_cpu_seconds": statistics.median(cpu),
+                    "trials": trials}
 
 
 def _f(x: float) -> str:
@@ -128,9 +165,27 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         raise SearchError(f"--n-boot must be 1..100000 and --top-k >= 1, got {args.n_boot} and {args.top_k}")
     doc = _read_json(args.reference, "reference")
     table = _table(doc, args.reference, args.metric)
-    zero_cost = None
-    if args.zero_cost:
-        scores, zero_cost = _zero_cost(doc, table, args.zero_cost, args.reference)
+    zero_cost = proxy = None
+    other_scores: dict = {}
+    if args.proxy is not None:
+        from ..search.calibrate import network_scores
+
+        trials, proxy = _run_proxy(args, doc, table)
+        scores = network_scores(trials, args.score)
+        print(f"proxy: {len(trials)} trials, median {proxy['median_trial_seconds']:.1f} s each "
+              f"({proxy['median_trial_cpu_seconds']:.1f} s CPU) on one core; judged score: {args.score}")
+        for kind in SCORE_CHOICES:
+            if kind != args.score:
+                try:
+                    other = fidelity(table, network_scores(trials, kind), split=args.split, metric=args.metric,
+                                     k=args.top_k, n_boot=args.n_boot, seed=args.seed)
+                except ValueError:  # a score a 0-epoch trial does not have
+                    continue
+                other_scores[kind] = other["rankings"]["proxy"]
+    elif args.zero_cost:
+        from ..search.calibrate import zero_cost_table
+
+        scores, zero_cost = zero_cost_table(doc, table, args.zero_cost, f"reference {args.reference}")
         print(f"{args.zero_cost}: {len(scores)} networks scored at initialisation, median "
               f"{zero_cost['median_seconds']:.2f} s each on one core")
     else:
@@ -144,7 +199,8 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     verdict = judge(result, ranking, threshold=args.threshold, lower_bound=args.lower_bound)
 
     level = round(100 * result["bootstrap"]["level"])
-    labels = {"proxy": f"scores ({Path(args.scores).name})" if args.scores else f"zero-cost {args.zero_cost}",
+    labels = {"proxy": (f"scores ({Path(args.scores).name})" if args.scores else f"proxy {args.score}"
+                        if args.proxy is not None else f"zero-cost {args.zero_cost}"),
               "flops": "FLOPs only",
               "params": "params only"}
     width = max(len(labels[r]) for r in result["rankings"]) + 2
@@ -155,6 +211,10 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         mark = "  <- judged" if name == ranking else ""
         print(f"{labels[name]:<{width}}{_f(fig['tau']):>7}  {interval:<17}{_f(fig['rho']):>7}  "
               f"{_f(fig['top_k_recall']):>13}{result['n']:>5}{mark}")
+    for kind, fig in other_scores.items():
+        interval = "[{}, {}]".format(*map(_f, fig["tau_interval"]))
+        print(f"{'proxy ' + kind:<{width}}{_f(fig['tau']):>7}  {interval:<17}{_f(fig['rho']):>7}  "
+              f"{_f(fig['top_k_recall']):>13}{result['n']:>5}  (not judged)")
     print(f"truth: the reference's {args.split} {args.metric}, mean over seeds; interval of tau: "
           f"{result['bootstrap']['n_boot']} resamples of the networks and of each one's seeds; "
           "FLOPs/params only: more ranked higher")
@@ -167,7 +227,38 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         from ..search.reference_report import _clean
 
         doc = {**provenance(args.argv), "reference_file": args.reference, "scores_file": args.scores, "by": args.by,
-               "zero_cost": zero_cost, "fidelity": result, "verdict": verdict}
+               "zero_cost": zero_cost, "proxy": proxy, "score": args.score if proxy else None,
+               "other_scores": other_scores or None, "fidelity": result, "verdict": verdict}
         atomic_write_text(args.results, json.dumps(_clean(doc), indent=1) + "\n")
         print(f"results: {args.results}")
     return 0 if verdict["passed"] else 1
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .._io import atomic_write_text
+    from ..search.calibrate import calibrate, markdown
+    from ..search.variants import VARIANTS, get_variant
+
+    if args.list:
+        for v in VARIANTS.values():
+            settings = " ".join(f"{k}={val}" for k, val in v.settings.items())
+            print(f"{v.name:14s} {v.why}\n{'':14s} {settings}" + (f" seeds={v.seeds}" if v.seeds > 1 else ""))
+        return 0
+    if not 1 <= args.n_boot <= 100_000:
+        raise SearchError(f"--n-boot must be 1..100000, got {args.n_boot}")
+    variants = [get_variant(n) for n in (args.variants or list(VARIANTS))]
+    doc = _read_json(args.reference, "reference")
+    _table(doc, args.reference, "map50")
+    result = calibrate(doc, variants, args.zero_cost, args.cache, split=args.split, n_boot=args.n_boot,
+                       seed=args.seed, where=f"reference {args.reference}")
+    table = markdown(result)
+    print(table, end="")
+    if args.results:
+        from ..search.compare import provenance
+        from ..search.reference_report import _clean
+
+        out = {**provenance(args.argv), "reference_file": args.reference, **result}
+        atomic_write_text(args.results, json.dumps(_clean(out), indent=1) + "\n")
+        atomic_write_text(Path(args.results).with_suffix(".md"), table)
+        print(f"results: {args.results}")
+    return 0 if result["default"] else 1

@@ -32,7 +32,7 @@ def _positive(name: str, cast=int, low=1, high=None):
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="architecture search over declared spaces (Optuna studies)")
     s = p.add_subparsers(dest="search_command", metavar="SEARCH_COMMAND", required=True,
-                         help="validate, sample, run, status, best, plot, compare, benchmark, reference, fidelity")
+                         help="validate, sample, run, status, best, plot, compare, benchmark, reference, fidelity, calibrate")
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
     q = s.add_parser("validate", help="check search-space files; exit 2 on any error", formatter_class=fmt)

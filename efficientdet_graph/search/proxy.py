@@ -76,7 +76,7 @@ from ..train.data import num_categories, seeded_order
 
 __all__ = ["ProxyConfig", "ProxyResult", "ProxyTask", "ProxyModel", "CACHE_FORMAT", "loader_workers"]
 
-CACHE_FORMAT = 1  # bump when the cache's content changes meaning
+CACHE_FORMAT = 2  # bump when the cache's content changes meaning (2: validation targets, for the loss)
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,17 @@ class ProxyConfig:
     head_repeat: int = 1
     #: passes over the cached training features (original + flipped copy) per trial.
     epochs: int = 4
+    #: score the validation split after every epoch (the history an early-stopping pruner
+    #: and the ``extrapolated`` score read); False: after the last epoch only, which saves
+    #: a COCO evaluation per epoch (about a third of a short trial on the multiscale task).
+    score_every_epoch: bool = True
+    #: train a trial on the first N cached training images (and their flipped copies)
+    #: only; None: all. Images against epochs at an equal number of steps is a setting, not
+    #: a new cache.
+    trial_images: int | None = None
     batch_size: int = 32
-    #: AdamW peak learning rate (cosine decay, linear warm-up over the first epoch).
+    #: AdamW peak learning rate (cosine decay, linear warm-up over the first epoch or the
+    #: first quarter of the trial, whichever is shorter).
     lr: float = 5e-3
     weight_decay: float = 1e-4
     #: default trial seed (initialisation and sample order); ``evaluate(seed=...)`` overrides.
@@ -118,11 +127,21 @@ class ProxyConfig:
     pretrain_channels: int = 32
     #: take the backbone weights timm would download (needs network; off here).
     pretrained_backbone: bool = False
+    #: a checkpoint whose ``backbone.*`` tensors start the frozen backbone (what ``edg
+    #: train --init`` reads: the reference table's shared backbone, pre-trained by
+    #: classification with no neck), instead of the pre-training above: the FPN-shaped
+    #: pre-training favours FPN-like graphs. ``pretrain_epochs`` is then not used.
+    backbone_weights: str | None = None
     #: add a horizontally flipped copy of every training image to the cache.
     flip: bool = True
     #: anchor scale (EfficientDet: 4.0); anchors per position stay 3 scales x 3 ratios.
     anchor_scale: float = 4.0
     act: str = "swish"
+    #: BatchNorm momentum of the trial's feature network and heads. The detector's 0.01
+    #: suits a long training; after the ~100 steps of a short trial the running statistics
+    #: still lean on their initial values (0.99^100 = 37%), and the evaluation, which uses
+    #: them, misjudges deep networks most.
+    bn_momentum: float = 0.01
     #: detections scored below this are not passed to the COCO evaluation (as ``edg
     #: eval``: after a few epochs focal-loss scores are still small, a 0.05 floor dropped
     #: every detection in a measured BiFPN trial).
@@ -138,15 +157,20 @@ class ProxyConfig:
     RESULT_NEUTRAL = ("loader_workers",)
 
     DATA_FIELDS = ("data", "backbone", "image_size", "train_images", "val_images", "classes", "data_seed",
-                   "pretrain_epochs", "pretrain_graph", "pretrain_channels", "pretrained_backbone", "flip")
+                   "pretrain_epochs", "pretrain_graph", "pretrain_channels", "pretrained_backbone", "flip",
+                   "backbone_weights")
 
     def __post_init__(self) -> None:
         for name in ("image_size", "channels", "batch_size", "train_images", "val_images", "classes"):
             if getattr(self, name) < 1:
                 raise EdgError(f"ProxyConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.trial_images is not None and self.trial_images < 1:
+            raise EdgError(f"ProxyConfig.trial_images must be >= 1 (or None: all), got {self.trial_images}")
         for name in ("epochs", "head_repeat", "pretrain_epochs", "loader_workers"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise EdgError(f"ProxyConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.bn_momentum <= 1:
+            raise EdgError(f"ProxyConfig.bn_momentum must be in (0, 1], got {self.bn_momentum}")
         if not self.lr > 0:
             raise EdgError(f"ProxyConfig.lr must be > 0, got {self.lr}")
 
@@ -154,19 +178,33 @@ class ProxyConfig:
         """Hash of the settings that decide the cached features."""
         data = self.data if self.data == "synthetic" else str(Path(self.data).resolve())
         key = {name: getattr(self, name) for name in self.DATA_FIELDS} | {"data": data, "format": CACHE_FORMAT}
+        if self.backbone_weights is not None:  # the weights' content, wherever the file lies
+            key["backbone_weights"] = _file_digest(self.backbone_weights)
+            key["pretrain_epochs"] = key["pretrain_graph"] = key["pretrain_channels"] = None
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _file_digest(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    except OSError as e:
+        raise EdgError(f"proxy backbone_weights {path}: cannot be read ({e.strerror or e})") from None
 
 
 @dataclass(frozen=True)
 class ProxyResult:
     """mAP@[.5:.95] and mAP@0.5 after the last epoch run, the epochs run, wall seconds,
-    and mAP@0.5 after each epoch (``history``)."""
+    mAP@0.5 after each scored epoch (``history``), the mean training loss of each epoch
+    (``train_losses``) and the detection loss on the validation split after the last
+    epoch (``val_loss``; the train stage's loss and matching)."""
 
     map: float
     map50: float
     epochs: int
     seconds: float
     history: tuple[float, ...]
+    train_losses: tuple[float, ...] = ()
+    val_loss: float = float("nan")
 
 
 def loader_workers(search_workers: int = 1, cores: int | None = None) -> int:
@@ -183,7 +221,7 @@ class ProxyModel(nn.Module):
     backbone features (the detector of ``model.EfficientDet`` without its backbone)."""
 
     def __init__(self, graph: nx.DiGraph, backbone_channels: dict[int, int], channels: int, head_repeat: int,
-                 num_classes: int, anchor_scale: float, act: str):
+                 num_classes: int, anchor_scale: float, act: str, bn_momentum: float = 0.01):
         super().__init__()
         lo, hi = graph.graph["levels"]
         if not has_all_levels(graph):
@@ -197,7 +235,7 @@ class ProxyModel(nn.Module):
             raise SpecError.single(f"<{graph.graph.get('name', 'graph')}>",
                                    f"graph levels [{lo}, {hi}] start below the proxy backbone's lowest "
                                    f"cached level P{have[0]} (cached: P{have[0]}-P{have[-1]})")
-        opts = CompileOptions()
+        opts = CompileOptions(bn_momentum=bn_momentum)
         self.inputs = [level for level in self.levels if level in backbone_channels]
         extra = [level for level in self.levels if level not in backbone_channels]
         top = backbone_channels[self.inputs[-1]]
@@ -237,12 +275,13 @@ class ProxyTask:
         self.train_feats: dict[int, torch.Tensor] = {int(k): v for k, v in cache["train"].items()}
         self.train_targets: list[dict] = cache["train_targets"]
         self.val_feats: dict[int, torch.Tensor] = {int(k): v for k, v in cache["val"].items()}
+        self.val_targets: list[dict] = cache["val_targets"]
         self.val_meta: list[dict] = cache["val_meta"]
         self.val_annotations = self.cache_dir / cache["val_annotations"]
         self.category_ids: list[int] = list(cache["category_ids"])
         self.build_seconds: float = cache["build_seconds"]
         self.loss_config = LossConfig()
-        self._target_cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._target_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- building the cache -------------------------------------------------------------
 
@@ -267,7 +306,7 @@ class ProxyTask:
         train_set = CocoDetection(train_ann, train_img, cfg.image_size, train=False)
         val_set = CocoDetection(val_ann, val_img, cfg.image_size, train=False)
         train_feats, train_targets = self._extract(backbone, train_set, flip=cfg.flip)
-        val_feats, _ = self._extract(backbone, val_set, flip=False)
+        val_feats, val_targets = self._extract(backbone, val_set, flip=False)
         val_meta = [{"image_id": t["image_id"], "scale": float(t["scale"]), "orig_size": list(t["orig_size"]),
                      } for t in (val_set[i][1] for i in range(len(val_set)))]
         ann_name = f"proxy-{fp}.val.json"
@@ -283,6 +322,7 @@ class ProxyTask:
             "train": train_feats,
             "train_targets": train_targets,
             "val": val_feats,
+            "val_targets": val_targets,
             "val_meta": val_meta,
             "val_annotations": ann_name,
             "build_seconds": time.perf_counter() - t0,
@@ -295,6 +335,8 @@ class ProxyTask:
     def _pretrained_backbone(self, root: Path, num_classes: int, work: Path) -> Backbone:
         cfg = self.config
         backbone = Backbone(cfg.backbone, range(3, 8), pretrained=cfg.pretrained_backbone)
+        if cfg.backbone_weights is not None:
+            return self._load_backbone(backbone, Path(cfg.backbone_weights), cfg.backbone)
         if cfg.pretrain_epochs == 0:
             return backbone
         spec = work / "pretrain.yaml"
@@ -316,6 +358,24 @@ class ProxyTask:
             raise KeyboardInterrupt(f"{done['interrupted']} while pre-training the proxy backbone")
         detector = load_model(out / "last.pt")
         backbone.load_state_dict(detector.backbone.state_dict())
+        return backbone
+
+    @staticmethod
+    def _load_backbone(backbone: Backbone, path: Path, name: str) -> Backbone:
+        from ..model.checkpoint import read_checkpoint
+
+        ckpt = read_checkpoint(path)
+        state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+        state = state if isinstance(state, dict) else {}
+        weights = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        if not weights:
+            raise EdgError(f"proxy backbone_weights {path}: no backbone.* tensors in its state_dict")
+        try:
+            backbone.load_state_dict(weights)
+        except RuntimeError as e:
+            first = str(e).splitlines()[0]
+            raise EdgError(f"proxy backbone_weights {path}: not weights of this proxy's backbone "
+                           f"{name!r} ({first})") from None
         return backbone
 
     @torch.no_grad()
@@ -352,7 +412,7 @@ class ProxyTask:
         name = f"<{graph.graph.get('name', 'graph')}>"
         try:
             model = ProxyModel(graph, self.backbone_channels, channels or cfg.channels, cfg.head_repeat,
-                               self.num_classes, cfg.anchor_scale, cfg.act)
+                               self.num_classes, cfg.anchor_scale, cfg.act, cfg.bn_momentum)
         except EdgError:
             raise
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
@@ -370,17 +430,18 @@ class ProxyTask:
     def _sizes(self, levels: list[int]) -> list[tuple[int, int]]:
         return [level_size(self.config.image_size, level) for level in levels]
 
-    def _targets(self, model: ProxyModel) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per training sample and anchor: the class (-1 negative, -2 ignored) and box
-        codes, matched once per anchor layout by the train stage's own ``DetectionLoss.assign``
-        (the same matching, anchor placement included, as ``edg train``)."""
-        key = tuple(model.levels)
+    def _targets(self, model: ProxyModel, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        """Per sample of ``split`` (train, val) and anchor: the class (-1 negative, -2
+        ignored) and box codes, matched once per anchor layout by the train stage's own
+        ``DetectionLoss.assign`` (the same matching, anchor placement included, as ``edg train``)."""
+        key = (split, *model.levels)
         if key not in self._target_cache:
+            targets = self.train_targets if split == "train" else self.val_targets
             loss = DetectionLoss(model.anchors, self.num_classes, self.loss_config)
             sizes, side = self._sizes(model.levels), (self.config.image_size, self.config.image_size)
             labels, codes = [], []
-            for start in range(0, len(self.train_targets), 256):
-                a = loss.assign(self.train_targets[start:start + 256], sizes, image_size=side)
+            for start in range(0, len(targets), 256):
+                a = loss.assign(targets[start:start + 256], sizes, image_size=side)
                 dense = torch.zeros(*a.labels.shape, 4)
                 dense[a.labels >= 0] = a.codes  # codes come in the order of labels >= 0
                 labels.append(a.labels)
@@ -419,9 +480,12 @@ class ProxyTask:
             loss_fn = DetectionLoss(model.anchors, self.num_classes, self.loss_config)
             opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
             n = len(self.train_targets)
-            steps = max(1, n // cfg.batch_size)
+            pool = self._trial_pool(n)
+            steps = max(1, len(pool) // cfg.batch_size)
             total = steps * max(1, epochs)
-            warmup = steps
+            # one epoch of linear warm-up, but at most a quarter of the run: a one- or
+            # two-epoch trial would otherwise spend all or half of it warming up
+            warmup = max(1, min(steps, total // 4))
 
             def lr_at(step: int) -> float:
                 if step < warmup:
@@ -430,12 +494,14 @@ class ProxyTask:
 
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
             history: list[float] = []
-            scores = {"map": 0.0, "map50": 0.0}
+            losses: list[float] = []
+            scores = {"map": 0.0, "map50": 0.0, "loss": float("nan")}
             if epochs == 0:
                 scores = self._score(model)
             for epoch in range(epochs):
                 model.train()
-                order = seeded_order(n, seed, epoch)
+                order = [pool[i] for i in seeded_order(len(pool), seed, epoch)]
+                total_loss = 0.0
                 for i in range(steps):
                     idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
                     cls_out, box_out = model(self._batch(self.train_feats, idx))
@@ -449,21 +515,41 @@ class ProxyTask:
                     nn.utils.clip_grad_norm_(model.parameters(), 10.0)
                     opt.step()
                     sched.step()
+                    total_loss += loss.item()
+                losses.append(total_loss / steps)
+                if not cfg.score_every_epoch and epoch < epochs - 1:
+                    continue
                 scores = self._score(model)
                 history.append(scores["map50"])
                 if report is not None:
                     report(epoch + 1, scores["map50"])
-        return ProxyResult(map=scores["map"], map50=scores["map50"], epochs=len(history) if epochs else 0,
-                           seconds=time.perf_counter() - t0, history=tuple(history))
+        return ProxyResult(map=scores["map"], map50=scores["map50"], epochs=len(losses),
+                           seconds=time.perf_counter() - t0, history=tuple(history), train_losses=tuple(losses),
+                           val_loss=scores["loss"])
+
+    def _trial_pool(self, n: int) -> list[int]:
+        """The cached training samples a trial draws from: all, or the first
+        ``trial_images`` images and their flipped copies (which follow the originals)."""
+        k = self.config.trial_images
+        if k is None:
+            return list(range(n))
+        half = n // 2 if self.config.flip else n
+        k = min(k, half)
+        return list(range(k)) + (list(range(half, half + k)) if self.config.flip else [])
 
     @torch.no_grad()
     def _score(self, model: ProxyModel) -> dict[str, float]:
         model.eval()
         size = (self.config.image_size, self.config.image_size)
         results = []
+        labels, codes = self._targets(model, "val")
+        loss_fn = DetectionLoss(model.anchors, self.num_classes, self.loss_config)
+        loss_sum = 0.0
         for start in range(0, len(self.val_meta), 64):
             idx = list(range(start, min(len(self.val_meta), start + 64)))
             cls_out, box_out = model(self._batch(self.val_feats, idx))
+            index = torch.tensor(idx)
+            loss_sum += self._loss(cls_out, box_out, labels[index], codes[index], loss_fn).item() * len(idx)
             dets = postprocess(cls_out, box_out, model.anchors, size, score_threshold=self.config.score_threshold,
                               max_detections=self.config.max_detections)
             for det, j in zip(dets, idx):
@@ -476,6 +562,6 @@ class ProxyTask:
                     results.append({"image_id": meta["image_id"], "category_id": self.category_ids[label],
                                     "bbox": [x0, y0, x1 - x0, y1 - y0], "score": s})
         metrics = coco_eval(self.val_annotations, results, [m["image_id"] for m in self.val_meta])
-        return {"map": metrics["map"], "map50": metrics["map50"]}
+        return {"map": metrics["map"], "map50": metrics["map50"], "loss": loss_sum / max(1, len(self.val_meta))}
 
 

@@ -373,6 +373,13 @@ class ReferenceBuild:
         self.id = build_id(data, schedule)
         self.queue = JobQueue(f"{name}-{self.id}", self.out, storage, heartbeat=heartbeat)
 
+    def backbone_path(self) -> Path | None:
+        """The shared pre-trained backbone every job starts from, once it exists."""
+        if self.schedule.pretrain_epochs == 0:
+            return None
+        path = self.out / f"pretrain-{build_id(self.data, self.schedule, self.schedule.pretrain_fingerprint())}"
+        return path / "backbone.pt" if (path / "done.json").exists() and (path / "backbone.pt").exists() else None
+
     def add(self, networks: Sequence[Network], seeds: Sequence[int]) -> int:
         """Queue every network at every seed, seed-major (all networks at the first seed first)."""
         jobs = []

@@ -85,7 +85,8 @@ def write_reference_results(path: str | Path, build, rows: list[dict], table: li
     walls = [r["wall_s"] for r in rows if "wall_s" in r]
     doc = {
         **provenance(),
-        "task": _task(build.data),
+        # backbone_init: what a proxy calibrated on this table freezes (edg search fidelity --proxy)
+        "task": {**_task(build.data), "backbone_init": str(build.backbone_path() or "") or None},
         "schedule": asdict(build.schedule),
         "jobs": counts,
         "cost": {"jobs_done": len(walls), "median_job_s": statistics.median(walls) if walls else None,

@@ -1,0 +1,254 @@
+"""A proxy's scores for every network of a reference table: the data a proxy is calibrated on.
+
+``edg search fidelity REFERENCE --proxy KEY=VALUE ...`` trains the proxy (``ProxyTask``)
+once per network of the table and per seed, and judges its ranking against the table
+(``ranking.fidelity``). The proxy starts from the reference's own setting -- its data
+folder, backbone, image size, anchors, widths, and the shared backbone the reference
+jobs start from (pre-trained by classification, with no neck, so no topology is
+favoured) -- and a variant is a change of ``ProxyConfig`` fields, never other code.
+
+Trials are appended to a log (JSON lines) named by the proxy's settings, so a run cut
+short goes on where it stopped, and another score or split can be judged from the same
+trials without training again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from ..errors import SearchError
+from .proxy import ProxyConfig
+
+__all__ = ["reference_proxy", "TrialLog", "score_table", "network_scores", "zero_cost_table", "calibrate", "choose",
+           "markdown"]
+
+
+def reference_proxy(doc: Mapping, settings: Mapping) -> ProxyConfig:
+    """The proxy of a reference results file ``doc``, with ``settings`` (ProxyConfig
+    fields, already typed) laid over it."""
+    sched, task = doc.get("schedule") or {}, doc.get("task") or {}
+    if not task.get("data"):
+        raise SearchError("the reference file names no data folder (task.data): write it again with the same "
+                          "edg search reference command and --report --no-gate")
+    base = {"data": task["data"], "max_detections": 100}
+    for field in ("backbone", "image_size", "anchor_scale", "head_repeat", "channels"):
+        if field in sched:
+            base[field] = sched[field]
+    if task.get("backbone_init"):
+        base["backbone_weights"] = task["backbone_init"]
+    try:
+        return ProxyConfig(**{**base, **settings})
+    except (TypeError, ValueError) as e:
+        raise SearchError(f"proxy settings: {e}") from None
+
+
+def _settings_id(cfg: ProxyConfig) -> str:
+    """Every setting that can change a trial's result (not the loader's worker count)."""
+    key = {k: v for k, v in asdict(cfg).items() if k not in ProxyConfig.RESULT_NEUTRAL}
+    key["cache"] = cfg.fingerprint()  # the data and the frozen backbone, by content
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class TrialLog:
+    """Finished trials, one JSON object per line, appended and flushed to disk one by one:
+    a kill loses only the trial in flight (a torn last line is ignored when read)."""
+
+    path: Path
+
+    def read(self) -> dict[str, dict]:
+        done: dict[str, dict] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill mid-write
+                if isinstance(row, dict) and "trial" in row:
+                    done[row["trial"]] = row
+        return done
+
+    def append(self, row: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            # a torn line left by an earlier kill must not swallow this one
+            if f.tell() and not self.path.read_bytes().endswith(b"\n"):
+                f.write("\n")
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _graph(row: Mapping, where: str):
+    from ..graph import build_graph
+    from ..spec import load_spec_text
+
+    if not row.get("graph_yaml"):
+        raise SearchError(f"{where}: no graph for {row.get('network', '?')} (a file written before graphs were kept "
+                          "in the table: write it again with the same edg search reference command and --no-gate)")
+    repeat = row.get("repeat") or 1
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or not 1 <= repeat <= 64:
+        raise SearchError(f"{where}: {row['network']}: repeat {repeat!r} is not a whole number 1..64")
+    graph = build_graph(*load_spec_text(str(row["graph_yaml"]), f"{where}#{row['network']}"))
+    graph.graph = {**graph.graph, "repeat": repeat}
+    return graph
+
+
+def score_table(table: Sequence[Mapping], cfg: ProxyConfig, cache_dir: str | Path, seeds: Sequence[int],
+                where: str = "reference", say: Callable[[str], None] = print) -> tuple[list[dict], Path]:
+    """One proxy trial per table network and seed (one thread: seconds are one core's),
+    those already in the log reused. Returns the trials, in table order, and the log's path."""
+    import torch
+
+    from .proxy import ProxyTask
+
+    log = TrialLog(Path(cache_dir) / f"trials-{_settings_id(cfg)}.jsonl")
+    done = log.read()
+    graphs = {r["network"]: _graph(r, where) for r in table}  # every graph checked before any training
+    todo = [(r, s) for r in table for s in seeds if f"{r.get('key') or r['network']}@{s}" not in done]
+    say(f"proxy trials: {len(table) * len(seeds) - len(todo)} in {log.path}, {len(todo)} to run")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        task = ProxyTask(cfg, cache_dir) if todo else None
+        for i, (r, seed) in enumerate(todo, 1):
+            trial = f"{r.get('key') or r['network']}@{seed}"
+            c0 = time.process_time()
+            res = task.evaluate(graphs[r["network"]], seed=seed)
+            row = {"trial": trial, "network": r["network"], "seed": seed, **asdict(res),
+                   "cpu_seconds": round(time.process_time() - c0, 2)}
+            row["history"], row["train_losses"] = list(res.history), list(res.train_losses)
+            log.append(row)
+            done[trial] = row
+            say(f"[{i}/{len(todo)}] {r['network']} seed {seed}: mAP@0.5 {res.map50:.3f}, "
+                f"val loss {res.val_loss:.3f}, {res.seconds:.1f} s")
+    finally:
+        torch.set_num_threads(threads)
+    trials = [done[f"{r.get('key') or r['network']}@{s}"] for r in table for s in seeds]
+    return trials, log.path
+
+
+def network_scores(trials: Sequence[Mapping], kind: str) -> dict[str, float]:
+    """Each network's score ``kind`` (``proxy_scores.SCORES``), the mean over its trials' seeds."""
+    from .proxy_scores import proxy_score
+
+    per: dict[str, list[float]] = {}
+    for t in trials:
+        per.setdefault(t["network"], []).append(proxy_score(kind, t))
+    return {name: statistics.fmean(values) for name, values in per.items()}
+
+
+def zero_cost_table(doc: Mapping, table: Sequence[Mapping], name: str, where: str = "reference"
+                    ) -> tuple[dict[str, float], dict]:
+    """Every table network's training-free score ``name`` (``zerocost.zero_cost_score``),
+    on the shapes of the reference file's schedule, and what a results file keeps of it."""
+    import torch
+
+    from .zerocost import ZeroCostSettings, zero_cost_score
+
+    sched = doc.get("schedule") or {}
+    classes = ((doc.get("task") or {}).get("splits") or {}).get("train", {}).get("classes")
+    settings = ZeroCostSettings(**{k: sched[k] for k in ("backbone", "image_size", "channels", "head_repeat",
+                                                         "anchor_scale") if k in sched},
+                                **({"num_classes": len(classes)} if classes else {}))
+    graphs = {r["network"]: _graph(r, where) for r in table}  # every graph checked before any is scored
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the seconds below are one core's
+    try:
+        scores, seconds = {}, {}
+        for r in table:
+            g = graphs[r["network"]]
+            scores[r["network"]], seconds[r["network"]] = zero_cost_score(name, g, g.graph["repeat"], settings)
+    finally:
+        torch.set_num_threads(threads)
+    return scores, {"score": name, "settings": asdict(settings), "scores": scores, "seconds": seconds,
+                    "median_seconds": statistics.median(seconds.values())}
+
+
+def calibrate(doc: Mapping, variants: Sequence, zero_cost: Sequence[str], cache_dir: str | Path,
+              split: str = "val", n_boot: int = 2000, seed: int = 0, where: str = "reference",
+              say: Callable[[str], None] = print) -> dict:
+    """Every (variant, score) pair, every training-free score and the two priors, judged
+    against the reference table's ``split`` (``ranking.judge``), one row each; the
+    default proxy is the cheapest passing row (seconds of training per network)."""
+    from .proxy_scores import SCORES
+    from .ranking import fidelity, judge
+
+    table = [r for r in doc["table"] if (r.get(split) or {}).get("values")]
+    rows: list[dict] = []
+
+    def add(kind: str, name: str, score: str, result: dict, ranking: str, seconds: float | None,
+            cpu: float | None, settings: dict | None) -> None:
+        fig, verdict = result["rankings"][ranking], judge(result, ranking)
+        rows.append({"kind": kind, "variant": name, "score": score, "tau": fig["tau"],
+                     "tau_interval": fig["tau_interval"], "rho": fig["rho"], "top_k_recall": fig["top_k_recall"],
+                     "seconds_per_network": seconds, "cpu_seconds_per_network": cpu, "settings": settings,
+                     "passed": verdict["passed"], "reasons": verdict["reasons"]})
+
+    priors = fidelity(table, None, split=split, n_boot=n_boot, seed=seed)
+    for prior in ("flops", "params"):
+        add("prior", prior, prior, priors, prior, 0.0, 0.0, None)
+    for name in zero_cost:
+        scores, info = zero_cost_table(doc, table, name, where)
+        add("zero-cost", name, name, fidelity(table, scores, split=split, n_boot=n_boot, seed=seed), "proxy",
+            info["median_seconds"], None, None)
+    for v in variants:
+        cfg = reference_proxy(doc, v.settings)
+        say(f"variant {v.name}: {v.why}")
+        trials, _ = score_table(table, cfg, cache_dir, range(v.seeds), where, say)
+        per_net: dict[str, list[float]] = {}
+        per_cpu: dict[str, list[float]] = {}
+        for t in trials:
+            per_net.setdefault(t["network"], []).append(t["seconds"])
+            per_cpu.setdefault(t["network"], []).append(t["cpu_seconds"])
+        seconds = statistics.median(sum(s) for s in per_net.values())
+        cpu = statistics.median(sum(s) for s in per_cpu.values())
+        for score in SCORES:
+            if score == "extrapolated" and not cfg.score_every_epoch:
+                continue  # one scored epoch: the extrapolated score is mAP@0.5 itself
+            result = fidelity(table, network_scores(trials, score), split=split, n_boot=n_boot, seed=seed)
+            add("proxy", v.name, score, result, "proxy", seconds, cpu, dict(v.settings, seeds=v.seeds))
+    return {"split": split, "networks": len(table), "n_boot": n_boot, "bootstrap_seed": seed, "rows": rows,
+            **choose(rows)}
+
+
+def choose(rows: Sequence[Mapping]) -> dict:
+    """``default``: the passing row with the fewest seconds per network (the first of
+    equals); ``best``: the highest tau among the rankings that are not priors (a NaN tau
+    ranks last), what a report names when nothing passes."""
+    passing = [r for r in rows if r["passed"]]
+    default = min(passing, key=lambda r: r["seconds_per_network"]) if passing else None
+    best = max((r for r in rows if r["kind"] != "prior"), key=lambda r: r["tau"] if r["tau"] == r["tau"] else -2,
+               default=None)
+    return {"default": default and {"variant": default["variant"], "score": default["score"]},
+            "best": best and {"variant": best["variant"], "score": best["score"], "tau": best["tau"],
+                              "tau_interval": best["tau_interval"]}}
+
+
+def markdown(result: Mapping) -> str:
+    """The calibration table, one row per ranking, cheapest first."""
+    def f(x) -> str:
+        return "–" if x is None or x != x else f"{x:.3f}" if abs(x) < 10 else f"{x:.0f}"
+
+    lines = [f"Rankings against the reference table's {result['split']} mAP@0.5 (seed means), "
+             f"{result['networks']} networks; 90% bootstrap interval of Kendall tau.", "",
+             "| ranking | score | tau | 90% interval | rho | top-3 recall | s per network | passes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(result["rows"], key=lambda r: (r["seconds_per_network"] or 0, r["variant"], r["score"])):
+        lo, hi = r["tau_interval"]
+        lines.append(f"| {r['kind']}: {r['variant']} | {r['score']} | {f(r['tau'])} | [{f(lo)}, {f(hi)}] | "
+                     f"{f(r['rho'])} | {f(r['top_k_recall'])} | {f(r['seconds_per_network'])} | "
+                     f"{'yes' if r['passed'] else 'no'} |")
+    d = result["default"]
+    lines += ["", f"Default proxy: {d['variant']} scored by {d['score']}." if d else
+              "No ranking clears the bar (tau >= 0.6, interval's lower bound >= 0.3, above FLOPs and params only); "
+              f"the best is {result['best']['variant']} / {result['best']['score']} at tau "
+              f"{result['best']['tau']:.3f}." if result["best"] else "No ranking was judged."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,62 @@
+"""Proxy variants: settings of the one proxy (``ProxyConfig`` fields), compared on a reference table.
+
+A variant is data -- a name, a short reason, the settings laid over the reference's own
+proxy setting (``calibrate.reference_proxy``) and the seeds per network -- never a
+copy of the proxy's code. ``edg search calibrate`` trains each on every network of a
+reference table, scores each trial every way ``proxy_scores.SCORES`` knows, and judges
+every (variant, score) pair beside the training-free scores and the FLOPs and
+parameters priors. The cheapest pair that clears the bar (``ranking.judge``) is the
+default proxy.
+
+The settings pair up so that one thing changes at a time: ``images`` and ``epochs``
+make the same number of optimizer steps (EcoNAS: more images and fewer epochs keep the
+ranking better); ``narrow`` halves the width; ``two-seeds`` averages two trials of
+``images``; ``curve`` scores every epoch of ``epochs`` for the extrapolated score;
+``small-images`` caches the backbone's features at a smaller input size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import SearchError, close_match
+
+__all__ = ["Variant", "VARIANTS", "get_variant"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    why: str
+    settings: dict = field(default_factory=dict)
+    seeds: int = 1
+
+
+# every variant scores once, after its last epoch, but ``curve`` (the per-epoch history)
+_ONCE = {"score_every_epoch": False, "lr": 0.01}
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("images", "1 epoch over 1024 images and their flips (64 steps of 32)",
+            {**_ONCE, "epochs": 1, "trial_images": 1024}),
+    Variant("epochs", "4 epochs over 256 images and their flips: the steps of `images`",
+            {**_ONCE, "epochs": 4, "trial_images": 256}),
+    Variant("longer", "2 epochs over 1024 images: twice the steps of `images`",
+            {**_ONCE, "epochs": 2, "trial_images": 1024}),
+    Variant("narrow", "`images` at 16 channels instead of the reference's 32",
+            {**_ONCE, "epochs": 1, "trial_images": 1024, "channels": 16}),
+    Variant("two-seeds", "`images`, the mean of two seeds per network", {**_ONCE, "epochs": 1, "trial_images": 1024},
+            seeds=2),
+    Variant("curve", "`epochs` scored after every epoch (the history the extrapolated score fits)",
+            {**_ONCE, "epochs": 4, "trial_images": 256, "score_every_epoch": True}),
+    Variant("small-images", "`images` on features of 128 px images instead of 192",
+            {**_ONCE, "epochs": 1, "trial_images": 1024, "image_size": 128}),
+)}
+
+
+def get_variant(name: str) -> Variant:
+    """A registered variant; an unknown name is a ``SearchError`` naming a close one."""
+    if name in VARIANTS:
+        return VARIANTS[name]
+    hint = close_match(name, VARIANTS)
+    raise SearchError(f"unknown proxy variant {name!r}" + (f" (did you mean {hint!r}?)" if hint else
+                                                            f"; known: {', '.join(VARIANTS)}"))

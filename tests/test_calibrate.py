@@ -1,0 +1,240 @@
+"""Calibrating a proxy against a reference table: the trial scores, the trial log that
+makes a run resumable, the proxy settings a variant changes (a backbone from a file, a
+subset of the training images, the validation loss), and ``edg search fidelity --proxy``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from efficientdet_graph import EdgError, load_graph
+from efficientdet_graph.graph import graph_to_yaml
+from efficientdet_graph.model.backbone import Backbone
+from efficientdet_graph.search.calibrate import TrialLog, network_scores, reference_proxy
+from efficientdet_graph.search.proxy import ProxyConfig, ProxyTask
+from efficientdet_graph.search.proxy_scores import SCORES, asymptote, proxy_score
+from efficientdet_graph.train import CocoDetection, DetectionLoss, make_synthetic
+from efficientdet_graph.train.data import resolve_data
+
+
+def test_asymptote_of_an_exact_curve_and_of_a_noisy_one():
+    # y = 0.8 - 0.4 / e at e = 1, 2, 3: the fit is exact and its asymptote 0.8
+    assert asymptote([0.4, 0.6, 0.8 - 0.4 / 3]) == pytest.approx(0.8)
+    assert asymptote([0.37]) == 0.37
+    ys = [0.1, 0.35, 0.3, 0.52, 0.49]
+    slope, intercept = np.polyfit([1 / e for e in range(1, 6)], ys, 1)  # numpy's own least squares
+    assert asymptote(ys) == pytest.approx(intercept)
+    with pytest.raises(ValueError):
+        asymptote([])
+
+
+def test_every_score_is_higher_for_the_better_trial():
+    good = {"map50": 0.6, "map": 0.3, "val_loss": 0.9, "train_losses": [1.2, 0.8], "history": [0.4, 0.6]}
+    bad = {"map50": 0.5, "map": 0.2, "val_loss": 1.1, "train_losses": [1.3, 1.0], "history": [0.45, 0.5]}
+    for kind in SCORES:
+        assert proxy_score(kind, good) > proxy_score(kind, bad), kind
+    assert proxy_score("train_loss", good) == pytest.approx(-2.0)  # SoTL: the sum of the epochs' losses
+    assert proxy_score("val_loss", good) == -0.9
+    assert proxy_score("extrapolated", good) == pytest.approx(0.8)  # 0.8 - 0.4 / e
+    with pytest.raises(ValueError, match="known: map50"):
+        proxy_score("ndcg", good)
+
+
+def test_network_scores_average_the_seeds():
+    trials = [{"network": "a", "map50": 0.2}, {"network": "a", "map50": 0.4}, {"network": "b", "map50": 0.1}]
+    assert network_scores(trials, "map50") == pytest.approx({"a": 0.3, "b": 0.1})
+
+
+def test_trial_log_ignores_a_torn_line_and_appends_after_it(tmp_path):
+    log = TrialLog(tmp_path / "t.jsonl")
+    log.append({"trial": "a@0", "map50": 0.1})
+    with open(log.path, "a") as f:
+        f.write('{"trial": "b@0", "map5')  # a kill mid-write
+    assert list(log.read()) == ["a@0"]
+    log.append({"trial": "c@0", "map50": 0.3})
+    assert sorted(log.read()) == ["a@0", "c@0"]
+
+
+def test_trial_images_take_the_first_images_and_their_flipped_copies():
+    # the cache holds n originals followed by their n flipped copies
+    pick = ProxyTask._trial_pool
+    cfg = ProxyConfig(trial_images=2)
+    assert pick(SimpleNamespace(config=cfg), 8) == [0, 1, 4, 5]
+    assert pick(SimpleNamespace(config=ProxyConfig(trial_images=2, flip=False)), 8) == [0, 1]
+    assert pick(SimpleNamespace(config=ProxyConfig(trial_images=99)), 8) == list(range(8))
+    assert pick(SimpleNamespace(config=ProxyConfig()), 8) == list(range(8))
+    with pytest.raises(EdgError, match="trial_images"):
+        ProxyConfig(trial_images=0)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_synthetic(tmp_path_factory.mktemp("data"), 6, 5, 64, 2, seed=3)
+
+
+def _weights(path, seed: int):
+    torch.manual_seed(seed)
+    b = Backbone("tinynet_e", range(3, 8))
+    for p in b.parameters():
+        p.data.normal_(0, 0.1)
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in b.state_dict().items()}}, path)
+    return b.eval()
+
+
+def test_backbone_weights_are_what_the_cached_features_come_from(tmp_path, data):
+    torch.set_num_threads(1)
+    mine = _weights(tmp_path / "a.pt", 1)
+    cfg = ProxyConfig(data=str(data), image_size=64, channels=8, epochs=1, batch_size=4, flip=False,
+                      backbone_weights=str(tmp_path / "a.pt"))
+    task = ProxyTask(cfg, tmp_path / "cache")
+    ann, img = resolve_data(data, "val")
+    image = CocoDetection(ann, img, 64, train=False)[2][0]
+    with torch.no_grad():
+        expected = mine(image[None])
+    for level, feat in zip(mine.levels, expected):
+        torch.testing.assert_close(task.val_feats[level][2], feat[0])
+    # the fingerprint follows the file's content, not its name
+    (tmp_path / "copy.pt").write_bytes((tmp_path / "a.pt").read_bytes())
+    _weights(tmp_path / "b.pt", 2)
+    same = ProxyConfig(**{**cfg.__dict__, "backbone_weights": str(tmp_path / "copy.pt")})
+    other = ProxyConfig(**{**cfg.__dict__, "backbone_weights": str(tmp_path / "b.pt")})
+    assert same.fingerprint() == cfg.fingerprint() != other.fingerprint()
+
+
+def test_backbone_weights_of_another_kind_are_a_clear_error(tmp_path, data):
+    torch.save({"state_dict": {"head.w": torch.zeros(1)}}, tmp_path / "x.pt")
+    cfg = ProxyConfig(data=str(data), image_size=64, backbone_weights=str(tmp_path / "x.pt"))
+    with pytest.raises(EdgError, match="no backbone"):
+        ProxyTask(cfg, tmp_path / "cache")
+    with pytest.raises(EdgError, match="cannot be read"):
+        ProxyConfig(data=str(data), backbone_weights=str(tmp_path / "missing.pt")).fingerprint()
+
+
+def test_validation_loss_is_the_detection_loss_on_the_validation_split(tmp_path, data):
+    torch.set_num_threads(1)
+    cfg = ProxyConfig(data=str(data), image_size=64, channels=8, epochs=1, batch_size=4, flip=False,
+                      pretrain_epochs=0, anchor_scale=2.0)
+    task = ProxyTask(cfg, tmp_path / "cache")
+    result = task.evaluate(load_graph("fpn"), epochs=0, seed=5)
+    torch.manual_seed(5)  # the trial's model, made again as evaluate makes it
+    model = task.build_model(load_graph("fpn")).eval()
+    with torch.no_grad():  # 5 images: one batch; the train stage matching them on the fly
+        cls_out, box_out = model(task.val_feats)
+        loss = DetectionLoss(model.anchors, task.num_classes)(cls_out, box_out, task.val_targets, image_size=(64, 64))
+    assert result.val_loss == pytest.approx(loss["loss"].item(), rel=1e-4)
+
+
+def _reference(tmp_path, data):
+    rows = []
+    for i, name in enumerate(("nofusion", "fpn", "panet", "bifpn")):
+        rows.append({"network": name, "key": f"k{i}", "repeat": 1, "graph_yaml": graph_to_yaml(load_graph(name)),
+                     "fpn_flops": 1000 * (i + 1), "fpn_params": 10 * (4 - i),
+                     "val": {"values": [0.1 * i, 0.1 * i + 0.01]}})
+    _weights(tmp_path / "backbone.pt", 0)  # the shared backbone the reference's jobs start from
+    doc = {"schedule": {"backbone": "tinynet_e", "image_size": 64, "channels": 8, "head_repeat": 1,
+                        "anchor_scale": 2.0}, "task": {"data": str(data), "backbone_init": str(tmp_path / "backbone.pt")},
+           "table": rows}
+    path = tmp_path / "ref.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_the_proxy_starts_from_the_reference_setting():
+    doc = {"schedule": {"backbone": "lcnet_050", "image_size": 192, "channels": 32, "anchor_scale": 1.5,
+                        "head_repeat": 1, "epochs": 15},
+           "task": {"data": "some/folder", "backbone_init": "b.pt"}}
+    cfg = reference_proxy(doc, {"epochs": 2, "channels": 16})
+    assert (cfg.data, cfg.backbone, cfg.image_size, cfg.anchor_scale, cfg.backbone_weights) == (
+        "some/folder", "lcnet_050", 192, 1.5, "b.pt")
+    assert (cfg.epochs, cfg.channels) == (2, 16)  # a variant's settings win
+
+
+def _fidelity(ref, tmp_path, *extra):
+    return subprocess.run([sys.executable, "-m", "efficientdet_graph", "search", "fidelity", str(ref),
+                           "--cache", str(tmp_path / "cache"), "--n-boot", "100", *extra],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_fidelity_cli_trains_the_proxy_on_every_network_once(tmp_path, data):
+    ref = _reference(tmp_path, data)
+    settings = ["--proxy", "epochs=1", "batch_size=4", "flip=false"]
+    run = _fidelity(ref, tmp_path, *settings, "--results", str(tmp_path / "fid.json"))
+    assert run.returncode in (0, 1), run.stderr[-2000:]
+    assert "4 to run" in run.stdout
+    doc = json.loads((tmp_path / "fid.json").read_text())
+    trials = doc["proxy"]["trials"]
+    assert sorted(t["network"] for t in trials) == ["bifpn", "fpn", "nofusion", "panet"]
+    assert doc["proxy"]["settings"]["epochs"] == 1 and doc["proxy"]["settings"]["image_size"] == 64
+    assert all(len(t["history"]) == 1 and len(t["train_losses"]) == 1 for t in trials)
+    assert set(doc["other_scores"]) == set(SCORES) - {"map50"}
+    # again, judging another score: every trial comes from the log, nothing is trained
+    run = _fidelity(ref, tmp_path, *settings, "--score", "val_loss")
+    assert run.returncode in (0, 1), run.stderr[-2000:]
+    assert "4 in" in run.stdout and "0 to run" in run.stdout and "proxy val_loss" in run.stdout
+
+
+def test_fidelity_cli_refuses_an_unknown_proxy_setting(tmp_path, data):
+    run = _fidelity(_reference(tmp_path, data), tmp_path, "--proxy", "epoch=2")
+    assert run.returncode == 2 and "did you mean 'epochs'" in run.stderr and "Traceback" not in run.stderr
+    run = _fidelity(_reference(tmp_path, data), tmp_path, "--proxy", "epochs")
+    assert run.returncode == 2 and "KEY=VALUE" in run.stderr
+
+
+def test_the_default_is_the_cheapest_passing_ranking_and_the_best_is_named_otherwise():
+    from efficientdet_graph.search.calibrate import choose
+
+    def row(kind, name, tau, seconds, passed):
+        return {"kind": kind, "variant": name, "score": "map50", "tau": tau, "tau_interval": [tau - .2, tau + .1],
+                "seconds_per_network": seconds, "passed": passed}
+
+    rows = [row("prior", "flops", 0.9, 0.0, False), row("proxy", "slow", 0.8, 30.0, True),
+            row("proxy", "fast", 0.65, 12.0, True), row("zero-cost", "synflow", float("nan"), 0.2, False)]
+    got = choose(rows)
+    assert got["default"] == {"variant": "fast", "score": "map50"}
+    assert got["best"]["variant"] == "slow"  # the priors are the bar, not candidates
+    got = choose([dict(r, passed=False) for r in rows])
+    assert got["default"] is None and got["best"]["tau"] == 0.8
+
+
+def test_an_unknown_variant_names_a_close_one():
+    from efficientdet_graph.errors import SearchError
+    from efficientdet_graph.search.variants import VARIANTS, get_variant
+
+    assert get_variant("images") is VARIANTS["images"]
+    with pytest.raises(SearchError, match="did you mean 'images'"):
+        get_variant("image")
+
+
+@pytest.mark.parametrize("name", sorted(__import__("efficientdet_graph.search.variants",
+                                                   fromlist=["VARIANTS"]).VARIANTS))
+def test_every_variant_is_a_valid_proxy_setting(name):
+    from efficientdet_graph.search.variants import VARIANTS
+
+    doc = {"schedule": {"backbone": "lcnet_050", "image_size": 192}, "task": {"data": "d"}}
+    cfg = reference_proxy(doc, VARIANTS[name].settings)
+    assert all(getattr(cfg, k) == v for k, v in VARIANTS[name].settings.items())
+
+
+def test_calibrate_cli_judges_variants_zero_cost_and_priors_in_one_table(tmp_path, data):
+    ref = _reference(tmp_path, data)
+    out = tmp_path / "cal.json"
+    run = subprocess.run([sys.executable, "-m", "efficientdet_graph", "search", "calibrate", str(ref), "--variants",
+                          "images", "--zero-cost", "entropy", "--cache", str(tmp_path / "cache"), "--n-boot", "100",
+                          "--results", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode in (0, 1), run.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    got = {(r["kind"], r["variant"], r["score"]) for r in doc["rows"]}
+    assert got == {("prior", "flops", "flops"), ("prior", "params", "params"), ("zero-cost", "entropy", "entropy"),
+                   *{("proxy", "images", s) for s in SCORES if s != "extrapolated"}}
+    assert (doc["default"] is not None) == (run.returncode == 0)
+    # the priors on this hand-made table: FLOPs rise with the reference, parameters fall
+    flops = next(r for r in doc["rows"] if r["variant"] == "flops")
+    params = next(r for r in doc["rows"] if r["variant"] == "params")
+    assert flops["tau"] == 1.0 and params["tau"] == -1.0
+    assert "| proxy: images | map50 |" in (tmp_path / "cal.md").read_text()
