@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test install install-test clean proof ablation bench bench-train search search-benchmark noise-floor reference
+.PHONY: demo test install install-test clean proof ablation bench bench-train search search-benchmark noise-floor reference calibrate
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -79,3 +79,11 @@ noise-floor: install
 reference: noise-floor
 	$(BIN)/edg search reference bifpn_edges --out reference/multiscale --workers 2 \
 		--results search/results/reference-multiscale.json
+
+# calibrate: every registered proxy variant, the training-free scores and the FLOPs/params
+# priors judged against the reference table in one table (docs/search.md); picks the
+# default proxy, exit 1 when no ranking clears the bar. Resumable: finished trials are
+# logged in reference/multiscale/proxy/trials-*.jsonl (committed).
+calibrate: install
+	$(BIN)/edg search calibrate search/results/reference-multiscale.json --cache reference/multiscale/proxy \
+		--results search/results/calibrate-multiscale.json

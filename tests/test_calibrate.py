@@ -147,11 +147,12 @@ def _reference(tmp_path, data):
 
 def test_the_proxy_starts_from_the_reference_setting():
     doc = {"schedule": {"backbone": "lcnet_050", "image_size": 192, "channels": 32, "anchor_scale": 1.5,
-                        "head_repeat": 1, "epochs": 15},
+                        "head_repeat": 1, "epochs": 15, "batch_size": 8, "lr": 0.004},
            "task": {"data": "some/folder", "backbone_init": "b.pt"}}
     cfg = reference_proxy(doc, {"epochs": 2, "channels": 16})
     assert (cfg.data, cfg.backbone, cfg.image_size, cfg.anchor_scale, cfg.backbone_weights) == (
         "some/folder", "lcnet_050", 192, 1.5, "b.pt")
+    assert (cfg.batch_size, cfg.lr) == (8, 0.004)
     assert (cfg.epochs, cfg.channels) == (2, 16)  # a variant's settings win
 
 
@@ -172,6 +173,9 @@ def test_fidelity_cli_trains_the_proxy_on_every_network_once(tmp_path, data):
     assert sorted(t["network"] for t in trials) == ["bifpn", "fpn", "nofusion", "panet"]
     assert doc["proxy"]["settings"]["epochs"] == 1 and doc["proxy"]["settings"]["image_size"] == 64
     assert all(len(t["history"]) == 1 and len(t["train_losses"]) == 1 for t in trials)
+    for t in trials:  # where a trial's time went: the phases are disjoint parts of its wall time
+        assert set(t["phases"]) == {"setup", "batches", "forward", "backward", "evaluate"}
+        assert 0 < sum(t["phases"].values()) <= t["seconds"] + 1e-3
     assert set(doc["other_scores"]) == set(SCORES) - {"map50"}
     # again, judging another score: every trial comes from the log, nothing is trained
     run = _fidelity(ref, tmp_path, *settings, "--score", "val_loss")
@@ -238,3 +242,48 @@ def test_calibrate_cli_judges_variants_zero_cost_and_priors_in_one_table(tmp_pat
     params = next(r for r in doc["rows"] if r["variant"] == "params")
     assert flops["tau"] == 1.0 and params["tau"] == -1.0
     assert "| proxy: images | map50 |" in (tmp_path / "cal.md").read_text()
+
+
+def _calibration(tmp_path, data, pick):
+    ref = _reference(tmp_path, data)
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps({"reference_file": str(ref), "default": pick,
+                                "best": {"variant": "epochs", "score": "map50", "tau": 0.2}}))
+    return path
+
+
+def test_a_study_with_a_calibration_trains_its_proxy_and_maximizes_its_score(tmp_path, data):
+    from efficientdet_graph.search.study import StudyConfig, _proxy_config, run_worker, study_metric
+    from efficientdet_graph.search.space import load_space
+    from efficientdet_graph.search.variants import VARIANTS
+
+    cal = _calibration(tmp_path, data, {"variant": "images", "score": "train_loss"})
+    cfg = StudyConfig(space="bifpn_edges", out=str(tmp_path / "run"), trials=2, sampler="random", seed_points=False,
+                      calibration=str(cal), proxy=(("epochs", "1"), ("batch_size", "4")), quiet=True)
+    space = load_space("bifpn_edges")
+    proxy = _proxy_config(space, cfg)
+    assert proxy.data == str(data) and proxy.image_size == 64 and proxy.backbone == "tinynet_e"
+    assert proxy.trial_images == VARIANTS["images"].settings["trial_images"] and proxy.batch_size == 4
+    assert study_metric(space, cfg) == "train_loss"
+    torch.set_num_threads(1)
+    run_worker(cfg)
+    import optuna
+
+    study = optuna.load_study(study_name="bifpn_edges", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "run" / "study.journal"))))
+    done = [t for t in study.trials if t.user_attrs.get("edg_status") == "done"]
+    assert done, [t.user_attrs for t in study.trials]
+    # the score maximized is the negated sum of training losses, not an mAP in [0, 1]
+    assert all(t.user_attrs["edg_metric"] < 0 for t in done)
+
+
+def test_a_calibration_without_a_proxy_pick_is_refused(tmp_path, data):
+    from efficientdet_graph.errors import SearchError
+    from efficientdet_graph.search.calibrate import calibrated_proxy
+
+    cfg, score, how = calibrated_proxy(_calibration(tmp_path, data, None))
+    assert (cfg.epochs, score) == (4, "map50") and "best" in how  # nothing passed: the best
+    with pytest.raises(SearchError, match="training-free"):
+        calibrated_proxy(_calibration(tmp_path, data, {"variant": "flops", "score": "flops"}))
+    with pytest.raises(SearchError, match="no such file"):
+        calibrated_proxy(tmp_path / "nope.json")

@@ -66,6 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--no-seed-points", action="store_true", help="do not enqueue the space's known points")
     q.add_argument("--proxy", action="append", default=[], metavar="KEY=VALUE",
                    help="proxy-task setting (repeatable), e.g. --proxy epochs=4")
+    q.add_argument("--calibration", default=None, metavar="FILE",
+                   help=CALIBRATION_HELP)
     q.add_argument("--graph", default=None, help="base topology of a scaling space")
     q.add_argument("--cache", default=None, help="share proxy results with other studies through this file")
     q.add_argument("--proxy-cache", default=None,
@@ -116,6 +118,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     q.add_argument("--trials", type=_positive("--trials", high=10_000), default=20, help="trials per study")
     q.add_argument("--proxy", action="append", default=[], metavar="KEY=VALUE", help="proxy-task setting")
+    q.add_argument("--calibration", default=None, metavar="FILE", help=CALIBRATION_HELP)
     q.add_argument("--out", default="runs/search-benchmark", help="folder for the studies and the shared cache")
     q.add_argument("--proxy-cache", default=None, help="folder of the proxy's frozen-backbone features")
     q.add_argument("--population", type=_positive("--population", low=2, high=1000), default=6,
@@ -129,6 +132,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     from .fidelity_commands import register_search as register_fidelity
 
     register_fidelity(s)
+
+
+CALIBRATION_HELP = ("an edg search calibrate results file: train its chosen proxy (its default, else its best) on "
+                    "the data of the reference it was calibrated against, and maximize its trial score instead of "
+                    "the space's metric and proxy settings (--proxy still applies on top)")
 
 
 def _study_args(q: argparse.ArgumentParser) -> None:
@@ -227,7 +235,7 @@ def _config(args: argparse.Namespace, space: str | None = None):
                       objective=args.objective, max_flops=args.max_flops, max_params=args.max_params,
                       pruner=args.pruner, seed_points=not args.no_seed_points, proxy=_proxy_pairs(args.proxy),
                       graph=args.graph, cache=args.cache, proxy_cache=args.proxy_cache, heartbeat=args.heartbeat, population=args.population,
-                      quiet=args.quiet)
+                      quiet=args.quiet, calibration=args.calibration)
     return fields
 
 
@@ -326,7 +334,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     result = benchmark_samplers(args.space, args.samplers, args.seeds, args.trials, Path(args.out),
                                 _proxy_pairs(args.proxy), say=lambda text: print(text, file=sys.stderr, flush=True),
-                                proxy_cache=args.proxy_cache, population=args.population)
+                                proxy_cache=args.proxy_cache, population=args.population,
+                                calibration=args.calibration)
     print(f"{'sampler':<10} {'best (mean, min-max)':<28} {'hypervolume (mean, min-max)':<30}")
     for name, r in result["by_sampler"].items():
         b, h = r["best"], r["hypervolume"]

@@ -27,7 +27,7 @@ from ..errors import SearchError
 from .proxy import ProxyConfig
 
 __all__ = ["reference_proxy", "TrialLog", "score_table", "network_scores", "zero_cost_table", "calibrate", "choose",
-           "markdown"]
+           "markdown", "calibrated_proxy"]
 
 
 def reference_proxy(doc: Mapping, settings: Mapping) -> ProxyConfig:
@@ -37,8 +37,12 @@ def reference_proxy(doc: Mapping, settings: Mapping) -> ProxyConfig:
     if not task.get("data"):
         raise SearchError("the reference file names no data folder (task.data): write it again with the same "
                           "edg search reference command and --report --no-gate")
-    base = {"data": task["data"], "max_detections": 100}
-    for field in ("backbone", "image_size", "anchor_scale", "head_repeat", "channels"):
+    # BatchNorm momentum 0.1: a trial's ~250 steps would leave the detector's 0.01 leaning
+    # on the initial statistics (measured on the multiscale task: docs/search.md)
+    base = {"data": task["data"], "max_detections": 100, "bn_momentum": 0.1}
+    # the reference's batch and learning rate too: on a CPU a step's cost grows with its
+    # batch, so batches of 8 make four times the updates of 32 for the same seconds
+    for field in ("backbone", "image_size", "anchor_scale", "head_repeat", "channels", "batch_size", "lr"):
         if field in sched:
             base[field] = sched[field]
     if task.get("backbone_init"):
@@ -252,3 +256,36 @@ def markdown(result: Mapping) -> str:
               f"the best is {result['best']['variant']} / {result['best']['score']} at tau "
               f"{result['best']['tau']:.3f}." if result["best"] else "No ranking was judged."]
     return "\n".join(lines) + "\n"
+
+
+def calibrated_proxy(path: str | Path) -> tuple[ProxyConfig, str, str]:
+    """The proxy a calibration results file (``edg search calibrate --results``) chose: its
+    default, or where no ranking cleared the bar its best, on the reference it was
+    calibrated against. Returns the proxy, the trial score to maximize and a line saying
+    which it is."""
+    from .variants import get_variant
+
+    def read(p: str | Path, what: str) -> dict:
+        try:
+            doc = json.loads(Path(p).read_text())
+        except FileNotFoundError:
+            raise SearchError(f"{what} {p}: no such file") from None
+        except (OSError, ValueError) as e:
+            raise SearchError(f"{what} {p}: not a JSON results file ({e})") from None
+        if not isinstance(doc, dict):
+            raise SearchError(f"{what} {p}: not a JSON object")
+        return doc
+
+    doc = read(path, "calibration")
+    pick, how = doc.get("default"), "the default proxy"
+    if not pick:
+        pick, how = doc.get("best"), "no ranking cleared the bar: the best one"
+    if not isinstance(pick, dict) or "variant" not in pick or not doc.get("reference_file"):
+        raise SearchError(f"calibration {path}: not an edg search calibrate results file (no default, best or "
+                          "reference_file)")
+    if pick["variant"] in ("flops", "params") or pick.get("score") in ("entropy", "synflow"):
+        raise SearchError(f"calibration {path}: its pick is the training-free ranking {pick['variant']!r}, not a "
+                          "proxy to train; rank by it with edg search sample instead")
+    variant = get_variant(pick["variant"])
+    cfg = reference_proxy(read(doc["reference_file"], "reference"), variant.settings)
+    return cfg, pick["score"], f"{how}, variant {variant.name} scored by {pick['score']} ({path})"

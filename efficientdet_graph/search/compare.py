@@ -10,6 +10,7 @@ import os
 import platform
 import statistics
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,7 +23,8 @@ from ..passes import load_graph
 from ..profile.analytic import graph_cost
 from .mapping import Candidate
 from .report import best_so_far, hypervolume
-from .study import Evaluator, StudyConfig, _load_space, best_trials, run_worker, summary, trial_status
+from .proxy_scores import proxy_score
+from .study import Evaluator, StudyConfig, _load_space, best_trials, run_worker, study_metric, summary, trial_status
 
 __all__ = ["provenance", "matched_scale", "compare_study", "benchmark_samplers"]
 
@@ -100,7 +102,7 @@ def compare_study(study: optuna.Study, cfg: StudyConfig, *, top: int = 3, seeds:
     lo, hi = space.spec.levels
     in_ch = {k: c for k, c in cost.in_channels.items() if lo <= k <= hi}
     evaluator = Evaluator(space, cfg)
-    metric = space.spec.metric
+    metric = study_metric(space, cfg)
     trials = study.get_trials(deepcopy=False)
     baseline_keys = {}
     for name in baselines:
@@ -136,7 +138,7 @@ def compare_study(study: optuna.Study, cfg: StudyConfig, *, top: int = 3, seeds:
         result = run(g, r, w)
         diff = 100.0 * (flops - target) / target
         rows.append({"graph": name, "repeat": r, "channels": w, "flops": flops, "flops_diff_pct": diff,
-                     "metric": getattr(result, metric), "source": "proxy", "seconds": round(result.seconds, 1)})
+                     "metric": proxy_score(metric, asdict(result)), "source": "proxy", "seconds": round(result.seconds, 1)})
         matched[name] = (g, r, w)
     # Re-train with several seeds: the top found graphs and BiFPN at matched FLOPs.
     seeded = []
@@ -150,7 +152,7 @@ def compare_study(study: optuna.Study, cfg: StudyConfig, *, top: int = 3, seeds:
         values = []
         for s in seeds:
             say(f"{label}: seed {s} ...")
-            values.append(getattr(run(g, r, w, s), metric))
+            values.append(proxy_score(metric, asdict(run(g, r, w, s))))
         seeded.append({"graph": label, "repeat": r, "channels": w, "flops": int(flops), **_stats(values)})
     verdicts = []
     ref = next((x for x in seeded if x["graph"].startswith("bifpn")), None)
@@ -201,7 +203,7 @@ def compare_table(result: dict) -> str:
 
 def benchmark_samplers(space: str, samplers: Sequence[str], seeds: Sequence[int], trials: int, out: Path,
                        proxy: tuple = (), say: Callable[[str], None] = print, proxy_cache: str | None = None,
-                       population: int = 6) -> dict:
+                       population: int = 6, calibration: str | None = None) -> dict:
     """Each sampler with each seed, ``trials`` trials, one shared results cache (a network
     is trained once, whichever study meets it first); best metric, hypervolume and
     best-so-far curves."""
@@ -212,7 +214,7 @@ def benchmark_samplers(space: str, samplers: Sequence[str], seeds: Sequence[int]
         for seed in seeds:
             cfg = StudyConfig(space=space, out=str(out), study=f"{sampler}-s{seed}", sampler=sampler, seed=seed,
                               trials=trials, proxy=tuple(proxy), cache=str(cache), seed_points=False, quiet=True,
-                              proxy_cache=proxy_cache, population=population)
+                              proxy_cache=proxy_cache, population=population, calibration=calibration)
             say(f"{sampler}, seed {seed}: {trials} trials ...")
             result = run_worker(cfg)
             study = optuna.load_study(study_name=cfg.study_name, storage=_storage(out))

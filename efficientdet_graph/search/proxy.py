@@ -52,7 +52,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -205,6 +205,10 @@ class ProxyResult:
     history: tuple[float, ...]
     train_losses: tuple[float, ...] = ()
     val_loss: float = float("nan")
+    #: wall seconds by phase: setup (model, matched targets), batches (cached features and
+    #: targets indexed), forward (feature network, heads, loss), backward (gradients and
+    #: the optimizer's step), evaluate (validation forward, post-processing, COCO)
+    phases: dict = field(default_factory=dict)
 
 
 def loader_workers(search_workers: int = 1, cores: int | None = None) -> int:
@@ -495,6 +499,14 @@ class ProxyTask:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
             history: list[float] = []
             losses: list[float] = []
+            phases = {"setup": time.perf_counter() - t0, "batches": 0.0, "forward": 0.0, "backward": 0.0,
+                      "evaluate": 0.0}
+
+            def clock(phase: str, since: float) -> float:
+                now = time.perf_counter()
+                phases[phase] += now - since
+                return now
+
             scores = {"map": 0.0, "map50": 0.0, "loss": float("nan")}
             if epochs == 0:
                 scores = self._score(model)
@@ -503,29 +515,37 @@ class ProxyTask:
                 order = [pool[i] for i in seeded_order(len(pool), seed, epoch)]
                 total_loss = 0.0
                 for i in range(steps):
+                    t = time.perf_counter()
                     idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-                    cls_out, box_out = model(self._batch(self.train_feats, idx))
+                    feats = self._batch(self.train_feats, idx)
                     index = torch.tensor(idx)
-                    loss = self._loss(cls_out, box_out, labels[index], codes[index], loss_fn)
+                    batch_labels, batch_codes = labels[index], codes[index]
+                    t = clock("batches", t)
+                    cls_out, box_out = model(feats)
+                    loss = self._loss(cls_out, box_out, batch_labels, batch_codes, loss_fn)
                     if not torch.isfinite(loss):
                         raise EdgError(f"proxy training diverged (loss {loss.item()}) at epoch {epoch + 1}; "
                                        "lower ProxyConfig.lr")
+                    t = clock("forward", t)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     nn.utils.clip_grad_norm_(model.parameters(), 10.0)
                     opt.step()
                     sched.step()
                     total_loss += loss.item()
+                    clock("backward", t)
                 losses.append(total_loss / steps)
                 if not cfg.score_every_epoch and epoch < epochs - 1:
                     continue
+                t = time.perf_counter()
                 scores = self._score(model)
+                clock("evaluate", t)
                 history.append(scores["map50"])
                 if report is not None:
                     report(epoch + 1, scores["map50"])
         return ProxyResult(map=scores["map"], map50=scores["map50"], epochs=len(losses),
                            seconds=time.perf_counter() - t0, history=tuple(history), train_losses=tuple(losses),
-                           val_loss=scores["loss"])
+                           val_loss=scores["loss"], phases={k: round(v, 3) for k, v in phases.items()})
 
     def _trial_pool(self, n: int) -> list[int]:
         """The cached training samples a trial draws from: all, or the first

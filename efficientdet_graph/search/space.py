@@ -132,7 +132,9 @@ class SpaceSpec(_Frozen):
     repeat: Annotated[StrictInt, Field(ge=1, le=16)] = Field(
         2, description="layers a candidate is stacked to, for the proxy task and the cost")
     defaults: Defaults = Defaults()
-    metric: Literal["map", "map50"] = "map50"
+    # the trial score maximized (search/proxy_scores.py): mAP@0.5, mAP, the negated
+    # validation loss, the negated sum of training losses, the extrapolated mAP@0.5
+    metric: Literal["map", "map50", "val_loss", "train_loss", "extrapolated"] = "map50"
     params: dict[Name, ParamSpec] = Field(default_factory=dict)
     choices: dict[Literal["fusion", "op"], tuple[StrictStr, ...]] = Field(default_factory=dict)
     nodes: tuple[SpaceNode, ...] = Field((), max_length=256)

@@ -47,6 +47,7 @@ from .cost import candidate_cost
 from .evolution import RegularizedEvolutionSampler
 from .mapping import Candidate, point_values, sample
 from .params import Choice, Distribution, FloatRange, IntRange, RecordingAsk
+from .proxy_scores import proxy_score
 from .space import SearchSpace, load_space
 from .storage import fail_dead_workers, open_storage, retry_of, study_lock, worker_stamp
 
@@ -84,6 +85,9 @@ class StudyConfig:
     pruner: Literal["hyperband", "halving", "median", "none"] | None = None  # accuracy: hyperband
     seed_points: bool = True
     proxy: tuple[tuple[str, Any], ...] = ()
+    # an edg search calibrate results file: its chosen proxy (on its reference's data) and
+    # trial score replace the space's; --proxy settings still go on top
+    calibration: str | None = None
     graph: str | None = None
     cache: str | None = None
     proxy_cache: str | None = None  # frozen-backbone features (default OUT/proxy-cache); shareable
@@ -168,8 +172,9 @@ def _space_fingerprint(space: SearchSpace, cfg: StudyConfig) -> str:
     from .proxy import ProxyConfig
 
     proxy = [list(kv) for kv in cfg.proxy if kv[0] not in ProxyConfig.RESULT_NEUTRAL]
+    base = asdict(_proxy_config(space, cfg)) if cfg.calibration else None
     text = json.dumps({"space": space.spec.model_dump(mode="json"), "graph": cfg.graph,
-                       "proxy": sorted(proxy),
+                       "proxy": sorted(proxy), **({"calibrated": base} if base else {}),
                        "objective": cfg.objective, "max_flops": cfg.max_flops, "max_params": cfg.max_params},
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -205,7 +210,7 @@ def open_study(cfg: StudyConfig) -> tuple[optuna.Study, SearchSpace]:
     if "edg_fingerprint" not in attrs:
         study.set_user_attr("edg_fingerprint", fp)
         study.set_user_attr("edg_space", space.name)
-        study.set_user_attr("edg_metric", space.spec.metric)
+        study.set_user_attr("edg_metric", study_metric(space, cfg))
         study.set_user_attr("edg_config", {k: v for k, v in asdict(cfg).items() if k not in LOCAL_SETTINGS})
         study.set_user_attr("edg_space_yaml", space.text[:200_000])
     elif attrs["edg_fingerprint"] != fp:
@@ -274,11 +279,25 @@ def _check_config(cfg: StudyConfig) -> None:
             raise SearchError(f"{name} {value}: must be a positive number")
 
 
+def study_metric(space: SearchSpace, cfg: StudyConfig) -> str:
+    """The trial score a study maximizes (``proxy_scores.SCORES``): the calibration's where
+    one is given, else the space's ``metric``."""
+    if cfg.calibration:
+        from .calibrate import calibrated_proxy
+
+        return calibrated_proxy(cfg.calibration)[1]
+    return space.spec.metric
+
+
 def _proxy_config(space: SearchSpace, cfg: StudyConfig):
     from .proxy import ProxyConfig
 
     fields = ProxyConfig.__dataclass_fields__
     given = {**space.spec.proxy, **dict(cfg.proxy)}
+    if cfg.calibration:  # the calibrated proxy, then only what the command line sets
+        from .calibrate import calibrated_proxy
+
+        given = {**asdict(calibrated_proxy(cfg.calibration)[0]), **dict(cfg.proxy)}
     problems = []
     for key in given:
         if key not in fields:
@@ -455,7 +474,7 @@ class Evaluator:
 def _objective(study: optuna.Study, space: SearchSpace, cfg: StudyConfig, evaluator: Evaluator,
                cache: ResultCache) -> Callable[[optuna.Trial], Any]:
     multi = cfg.objective == "pareto"
-    metric = space.spec.metric
+    metric = study_metric(space, cfg)
     stamp = worker_stamp()
 
     def finish(trial: optuna.Trial, status: str, **attrs: Any) -> None:
@@ -545,7 +564,7 @@ def _objective(study: optuna.Study, space: SearchSpace, cfg: StudyConfig, evalua
             return values(hit["metric"], cost.flops)
 
         def report(epoch: int, value: float) -> None:
-            if multi:
+            if multi or metric != "map50":  # the per-epoch history is mAP@0.5: prune only on it
                 return
             trial.report(value, epoch)
             if trial.should_prune():
@@ -568,7 +587,7 @@ def _objective(study: optuna.Study, space: SearchSpace, cfg: StudyConfig, evalua
             else:
                 finish(trial, "failed", reason=f"{reason} (attempt {attempt} of {MAX_ATTEMPTS}; not retried again)")
             return none
-        score = float(getattr(result, metric))
+        score = proxy_score(metric, asdict(result))
         found = {"metric": score, "map": result.map, "map50": result.map50, "epochs": result.epochs,
                  "seconds": round(result.seconds, 3), "history": list(result.history)}
         finish(trial, "done", **found)
