@@ -287,3 +287,28 @@ def test_a_calibration_without_a_proxy_pick_is_refused(tmp_path, data):
         calibrated_proxy(_calibration(tmp_path, data, {"variant": "flops", "score": "flops"}))
     with pytest.raises(SearchError, match="no such file"):
         calibrated_proxy(tmp_path / "nope.json")
+
+
+def test_a_trial_is_scored_as_pycocotools_scores_it(tmp_path, data, monkeypatch):
+    import efficientdet_graph.search.proxy as proxy_module
+    from efficientdet_graph.train.evaluate import coco_eval
+
+    torch.set_num_threads(1)
+    cfg = ProxyConfig(data=str(data), image_size=64, channels=8, epochs=2, batch_size=2, flip=False,
+                      pretrain_epochs=0, anchor_scale=2.0)
+    task = ProxyTask(cfg, tmp_path / "cache")
+    seen = []
+    real = proxy_module.box_ap
+
+    def both(gts, dets, cats, images, max_dets):
+        ours = real(gts, dets, cats, images, max_dets=max_dets)
+        results = [{"image_id": i, **d} for i, ds in dets.items() for d in ds]
+        seen.append((ours, coco_eval(task.val_annotations, results, images), len(results)))
+        return ours
+
+    monkeypatch.setattr(proxy_module, "box_ap", both)
+    task.evaluate(load_graph("fpn"), seed=1)
+    assert len(seen) == 2 and all(n > 0 for *_, n in seen)  # every epoch scored, with detections
+    for ours, ref, _ in seen:
+        assert ours["map50"] == pytest.approx(ref["map50"], abs=1e-12)
+        assert ours["map"] == pytest.approx(ref["map"], abs=1e-12)

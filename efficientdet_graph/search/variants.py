@@ -12,7 +12,9 @@ The settings pair up so that one thing changes at a time: ``images`` and ``epoch
 make the same number of optimizer steps (EcoNAS: more images and fewer epochs keep the
 ranking better); ``narrow`` halves the width; ``two-seeds`` averages two trials of
 ``images``; ``curve`` scores every epoch of ``epochs`` for the extrapolated score;
-``small-images`` caches the backbone's features at a smaller input size.
+``small-images`` caches the backbone's features at a smaller input size;
+``fpn-pretrained`` freezes a backbone pre-trained inside an FPN detector (the FPN bias the
+reference's neck-free pre-training avoids).
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             {"epochs": 4, "trial_images": 256, "score_every_epoch": True}),
     Variant("small-images", "`images` on features of 128 px images instead of 192",
             {**_ONCE, "epochs": 1, "trial_images": 1024, "image_size": 128}),
+    Variant("fpn-pretrained", "`images` on a backbone pre-trained inside an FPN detector (5 epochs), the older "
+            "proxy's way, instead of the reference's neck-free classification pre-training",
+            {**_ONCE, "epochs": 1, "trial_images": 1024, "backbone_weights": None, "pretrain_graph": "fpn",
+             "pretrain_epochs": 5}),
 )}
 
 
