@@ -8,10 +8,11 @@ every (variant, score) pair beside the training-free scores and the FLOPs and
 parameters priors. The cheapest pair that clears the bar (``ranking.judge``) is the
 default proxy.
 
-The settings pair up so that one thing changes at a time: ``images`` and ``epochs``
-make the same number of optimizer steps (EcoNAS: more images and fewer epochs keep the
-ranking better); ``narrow`` halves the width; ``two-seeds`` averages two trials of
-``images``; ``curve`` scores every epoch of ``epochs`` for the extrapolated score;
+The settings pair up so that one thing changes at a time: ``images``, ``epochs`` and
+``fewer-images`` make the same number of optimizer steps over 1024, 256 and 128 images
+(EcoNAS found more images and fewer epochs keep the ranking better); the others change
+one setting of ``epochs``: ``longer`` doubles its epochs, ``narrow`` halves the width,
+``two-seeds`` averages two trials, ``curve`` scores every epoch for the extrapolated score;
 ``small-images`` caches the backbone's features at a smaller input size;
 ``fpn-pretrained`` freezes a backbone pre-trained inside an FPN detector (the FPN bias the
 reference's neck-free pre-training avoids).
@@ -38,25 +39,25 @@ class Variant:
 # batch and learning rate are the reference's (8, 4e-3: calibrate.reference_proxy)
 _ONCE = {"score_every_epoch": False}
 
+# the base of the one-change variants below: `epochs` ranked best of the three step-equal
+# ones on the first 11 networks of the multiscale table (docs/search.md)
+_BASE = {**_ONCE, "epochs": 4, "trial_images": 256}
+
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("images", "1 epoch over 1024 images and their flips (256 steps of 8)",
             {**_ONCE, "epochs": 1, "trial_images": 1024}),
-    Variant("epochs", "4 epochs over 256 images and their flips: the steps of `images`",
-            {**_ONCE, "epochs": 4, "trial_images": 256}),
-    Variant("longer", "2 epochs over 1024 images: twice the steps of `images`",
-            {**_ONCE, "epochs": 2, "trial_images": 1024}),
-    Variant("narrow", "`images` at 16 channels instead of the reference's 32",
-            {**_ONCE, "epochs": 1, "trial_images": 1024, "channels": 16}),
-    Variant("two-seeds", "`images`, the mean of two seeds per network", {**_ONCE, "epochs": 1, "trial_images": 1024},
-            seeds=2),
+    Variant("epochs", "4 epochs over 256 images and their flips: the steps of `images`", _BASE),
+    Variant("fewer-images", "8 epochs over 128 images and their flips: the steps of `images` again",
+            {**_ONCE, "epochs": 8, "trial_images": 128}),
+    Variant("longer", "8 epochs over 256 images: twice the steps of `epochs`", {**_BASE, "epochs": 8}),
+    Variant("narrow", "`epochs` at 16 channels instead of the reference's 32", {**_BASE, "channels": 16}),
+    Variant("two-seeds", "`epochs`, the mean of two seeds per network", _BASE, seeds=2),
     Variant("curve", "`epochs` scored after every epoch (the history the extrapolated score fits)",
-            {"epochs": 4, "trial_images": 256, "score_every_epoch": True}),
-    Variant("small-images", "`images` on features of 128 px images instead of 192",
-            {**_ONCE, "epochs": 1, "trial_images": 1024, "image_size": 128}),
-    Variant("fpn-pretrained", "`images` on a backbone pre-trained inside an FPN detector (5 epochs), the older "
+            {**_BASE, "score_every_epoch": True}),
+    Variant("small-images", "`epochs` on features of 128 px images instead of 192", {**_BASE, "image_size": 128}),
+    Variant("fpn-pretrained", "`epochs` on a backbone pre-trained inside an FPN detector (5 epochs), the older "
             "proxy's way, instead of the reference's neck-free classification pre-training",
-            {**_ONCE, "epochs": 1, "trial_images": 1024, "backbone_weights": None, "pretrain_graph": "fpn",
-             "pretrain_epochs": 5}),
+            {**_BASE, "backbone_weights": None, "pretrain_graph": "fpn", "pretrain_epochs": 5}),
 )}
 
 
