@@ -242,6 +242,8 @@ def test_calibrate_cli_judges_variants_zero_cost_and_priors_in_one_table(tmp_pat
     params = next(r for r in doc["rows"] if r["variant"] == "params")
     assert flops["tau"] == 1.0 and params["tau"] == -1.0
     assert "| proxy: images | map50 |" in (tmp_path / "cal.md").read_text()
+    proxy_row = next(r for r in doc["rows"] if r["kind"] == "proxy")
+    assert set(proxy_row["trial_phases_median_s"]) == {"setup", "batches", "forward", "backward", "evaluate"}
 
 
 def _calibration(tmp_path, data, pick):

@@ -214,11 +214,16 @@ def calibrate(doc: Mapping, variants: Sequence, zero_cost: Sequence[str], cache_
             per_cpu.setdefault(t["network"], []).append(t["cpu_seconds"])
         seconds = statistics.median(sum(s) for s in per_net.values())
         cpu = statistics.median(sum(s) for s in per_cpu.values())
+        # where a trial's time goes: each phase's median over the trials (logs older than
+        # the phase timers have none)
+        timed = [t["phases"] for t in trials if t.get("phases")]
+        phases = {k: round(statistics.median(p[k] for p in timed), 2) for k in timed[0]} if timed else None
         for score in SCORES:
             if score == "extrapolated" and not cfg.score_every_epoch:
                 continue  # one scored epoch: the extrapolated score is mAP@0.5 itself
             result = fidelity(table, network_scores(trials, score), split=split, n_boot=n_boot, seed=seed)
             add("proxy", v.name, score, result, "proxy", seconds, cpu, dict(v.settings, seeds=v.seeds))
+            rows[-1]["trial_phases_median_s"] = phases
     return {"split": split, "networks": len(table), "n_boot": n_boot, "bootstrap_seed": seed, "rows": rows,
             **choose(rows)}
 
