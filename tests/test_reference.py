@@ -234,6 +234,7 @@ def test_a_space_point_and_its_built_in_are_one_network_of_the_table():
     (["--schedule", "pretrain_task=imagenet"], "classify or detect"),
     (["--floor", "nofusoin", "fpn", "bifpn"], "unknown built-in graph 'nofusoin'"),
     (["--graphs", "nasfpn:0"], "NAME:REPEAT"),
+    (["--graphs", "nasfpn@4"], "NAME@WIDTH"),
     (["--workers", "0"], "--workers 0"),
     (["--seeds", "-1"], "seeds must be distinct"),
     (["--floor-seeds", "1", "1"], "seeds must be distinct"),
@@ -359,3 +360,23 @@ def test_a_space_point_named_like_a_floor_network_is_its_own_row():
     assert table["fpn"]["seeds"] == [0, 1, 2, 3, 4] and table["fpn"]["val"]["mean"] == pytest.approx(0.808)
     assert table["fpn (point x2)"]["seeds"] == [0] and table["fpn (point x2)"]["val"]["mean"] == 0.40
     assert gate(summarize(rows)) == gate(summarize(rows[:-1]))
+
+
+def test_a_width_is_part_of_a_networks_key_and_its_model_and_old_keys_stay():
+    from efficientdet_graph.cli.reference_commands import _graph_item
+    from efficientdet_graph.passes import load_graph
+    from efficientdet_graph.search.reference import Schedule, model_yaml, network_from_graph
+
+    committed = {r["network"]: r["key"] for r in json.loads(
+        (Path(__file__).parent.parent / "search/results/noise-floor-multiscale.json").read_text())["table"]}
+    for name in ("fpn", "bifpn"):  # a table built before widths existed goes on with the same keys
+        assert network_from_graph(name, load_graph(name), 1, "graph").key == committed[name]
+    wide = network_from_graph("fpn@48", load_graph("fpn"), 1, "graph", channels=48)
+    assert wide.key != committed["fpn"]
+    assert "fpn_channels: 48" in model_yaml(wide, Schedule(), 10)
+    assert "fpn_channels: 32" in model_yaml(network_from_graph("fpn", load_graph("fpn"), 1, "graph"), Schedule(), 10)
+    s = Schedule()
+    assert _graph_item("bifpn", s) == ("bifpn", 1, None)
+    assert _graph_item("bifpn:3@48", s) == ("bifpn", 3, 48)
+    assert _graph_item("runs/best/01_trial7.yaml@40", s) == ("runs/best/01_trial7.yaml", 1, 40)
+    assert _graph_item("gfpn:1", s) == ("gfpn", 1, None)

@@ -32,8 +32,9 @@ def register_search(s: argparse._SubParsersAction) -> None:
     q.add_argument("--sampled", type=int, default=14, help="networks drawn from the space, spread over its FLOPs")
     q.add_argument("--sample-seed", type=int, default=0, help="seed of those draws")
     q.add_argument("--graphs", nargs="*", default=["nasfpn", "gfpn:1"],
-                   help="named graphs added to the table, NAME or NAME:REPEAT (default repeat: the schedule's; "
-                        "GFPN's built-in is already 5 layers deep)")
+                   help="graphs added to the table: NAME[:REPEAT][@WIDTH], NAME a built-in or a graph file (e.g. "
+                        "one `edg search best` wrote); default repeat and width: the schedule's (GFPN's built-in is "
+                        "already 5 layers deep)")
     q.add_argument("--floor", nargs="*", default=["nofusion", "fpn", "panet", "bifpn"],
                    help="the noise-floor networks: the no-fusion neck first, then the fusing ones")
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of every network")
@@ -117,17 +118,29 @@ def _networks(args: argparse.Namespace, schedule) -> tuple[list, set]:
     if not args.floor_only:
         extra = []
         for item in args.graphs:
-            name, _, rep = item.partition(":")
-            if rep and not (rep.isdigit() and 1 <= int(rep) <= 64):
-                raise _BadArgs(f"--graphs {item!r}: expected NAME or NAME:REPEAT with REPEAT 1..64")
-            label = name if not rep or int(rep) == schedule.repeat else f"{name}x{rep}"
-            extra.append(network_from_graph(label, load_graph(name), int(rep) if rep else schedule.repeat, "graph"))
+            name, repeat, width = _graph_item(item, schedule)
+            label = Path(name).stem if name.endswith((".yaml", ".yml")) else name
+            label += f"x{repeat}" if repeat != schedule.repeat else ""
+            label += f"@{width}" if width else ""
+            extra.append(network_from_graph(label, load_graph(name), repeat, "graph", channels=width))
         space = space_networks(args.space, args.sampled, args.sample_seed) if args.space else []
         for net in extra + space:
             if net.key not in keys:  # the space's fpn/panet/bifpn points are the floor's networks
                 keys.add(net.key)
                 nets.append(net)
     return nets, {n.key for n in floor}
+
+
+def _graph_item(item: str, schedule) -> tuple[str, int, int | None]:
+    """``NAME[:REPEAT][@WIDTH]``: a built-in graph or a graph file, its depth (default: the
+    schedule's) and its width (default: the schedule's)."""
+    rest, at, width = item.rpartition("@") if "@" in item else (item, "", "")
+    name, colon, rep = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    if (colon and not (rep.isdigit() and 1 <= int(rep) <= 64)) or (at and not (width.isdigit() and 8 <= int(width)
+                                                                                 <= 1024)) or not name:
+        raise _BadArgs(f"--graphs {item!r}: expected NAME, NAME:REPEAT (1..64), NAME@WIDTH (8..1024) or "
+                       "NAME:REPEAT@WIDTH; NAME a built-in graph or a graph file")
+    return name, int(rep) if colon else schedule.repeat, int(width) if at else None
 
 
 def _interrupt(signum, frame) -> None:

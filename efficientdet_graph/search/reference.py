@@ -126,13 +126,19 @@ class Network:
     source: str  # "point" | "sampled" | "graph"
     params: dict = field(default_factory=dict)
     key: str = ""
+    #: width of its feature network and heads where it is not the schedule's (a network
+    #: matched to another's FLOPs by width)
+    channels: int | None = None
 
 
-def network_from_graph(name: str, graph, repeat: int, source: str, params: dict | None = None) -> Network:
+def network_from_graph(name: str, graph, repeat: int, source: str, params: dict | None = None,
+                       channels: int | None = None) -> Network:
     g = graph.copy()
     g.graph = {**graph.graph, "outputs": dict(graph.graph["outputs"]), "repeat": 1}
-    key = hashlib.sha256(f"{canonical_hash(g, ops=True)}|{repeat}".encode()).hexdigest()[:12]
-    return Network(name, graph_to_yaml(g), repeat, source, dict(params or {}), key)
+    # the width joins the key only where it is set: the keys of existing tables stay
+    width = f"|w{channels}" if channels is not None else ""
+    key = hashlib.sha256(f"{canonical_hash(g, ops=True)}|{repeat}{width}".encode()).hexdigest()[:12]
+    return Network(name, graph_to_yaml(g), repeat, source, dict(params or {}), key, channels)
 
 
 def space_networks(space_ref: str, sampled: int, seed: int = 0, pool: int = 400) -> list[Network]:
@@ -193,7 +199,7 @@ def model_yaml(net: Network, schedule: Schedule, num_classes: int) -> str:
         "graph: graph.yaml",
         f"backbone: {{name: {schedule.backbone}}}",
         f"image_size: {schedule.image_size}",
-        f"fpn_channels: {schedule.channels}",
+        f"fpn_channels: {net.channels or schedule.channels}",
         f"fpn_repeat: {net.repeat}",
         f"head_repeat: {schedule.head_repeat}",
         f"num_classes: {num_classes}",
@@ -417,6 +423,7 @@ class ReferenceBuild:
             spec = t.user_attrs["edg_job"]
             net = spec["network"]
             rows.append({"network": net["name"], "key": net["key"], "source": net["source"], "repeat": net["repeat"],
+                         "channels": net.get("channels"),
                          "graph_yaml": spec.get("graph_yaml"),
                          "params_space": net["params"], "seed": spec["seed"], "attempt": t.user_attrs.get("edg_attempt", 1),
                          **{k: t.user_attrs[k] for k in ("val", "test", "flops", "params", "fpn_flops", "fpn_params",
@@ -451,6 +458,7 @@ def summarize(rows: Sequence[dict], metric: str = "map50") -> list[dict]:
         if names[name] > 1 and rs[0]["source"] != "graph":
             name = f"{name} ({rs[0]['source']} x{rs[0]['repeat']})"
         out.append({"network": name, "key": rs[0]["key"], "source": rs[0]["source"], "repeat": rs[0]["repeat"],
+                    **({"channels": rs[0]["channels"]} if rs[0].get("channels") else {}),
                     "graph_yaml": rs[0].get("graph_yaml"),
                     "seeds": [r["seed"] for r in rs], "flops": rs[0].get("flops"), "params": rs[0].get("params"),
                     "fpn_flops": rs[0].get("fpn_flops"), "fpn_params": rs[0].get("fpn_params"),
