@@ -33,8 +33,10 @@ Choices, and the measurements behind them (the committed ones are
   from the model's ``InputAdapter``, which is part of every trial's model (a 1x1 conv
   is learned there when widths differ), exactly as in the full detector.
 * **The score** is COCO mAP@0.5 on the validation split (``train.box_ap``: pycocotools'
-  numbers, tested equal to them, without its per-detection Python loops): at proxy budgets mAP@[.5:.95] is small (0.07 against mAP@0.5 0.18
-  for FPN in ``fidelity.json``), so mAP@0.5 carries more of the signal (both are returned).
+  numbers, tested equal to them, without its per-detection Python loops): at proxy
+  budgets mAP@[.5:.95] is small (0.07 against mAP@0.5 0.18 for FPN in
+  ``fidelity.json``), so mAP@0.5 carries more of the signal (both are returned, with the
+  losses ``search/proxy_scores.py`` ranks by).
 * **Deterministic.** Weights come from ``torch.manual_seed(seed)`` and the sample order
   from ``seeded_order(n, seed, epoch)``: the same graph and seed give the same result
   on one machine and thread count (CPU).
