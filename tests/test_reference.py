@@ -380,3 +380,22 @@ def test_a_width_is_part_of_a_networks_key_and_its_model_and_old_keys_stay():
     assert _graph_item("bifpn:3@48", s) == ("bifpn", 3, 48)
     assert _graph_item("runs/best/01_trial7.yaml@40", s) == ("runs/best/01_trial7.yaml", 1, 40)
     assert _graph_item("gfpn:1", s) == ("gfpn", 1, None)
+
+
+def test_match_counts_flops_as_the_trained_jobs_measured_them_and_prints_graphs_items(edg):
+    from efficientdet_graph.passes import load_graph
+    from efficientdet_graph.search.compare import match_at_schedule
+    from efficientdet_graph.search.reference import Schedule
+
+    table = json.loads((Path(__file__).parent.parent / "search/results/reference-multiscale.json").read_text())["table"]
+    measured = {r["network"]: r["fpn_flops"] for r in table}  # profiled on the trained models
+    for name, graph, repeat in (("gfpn", "gfpn", 1), ("bifpn", "bifpn", 1), ("nofusion", "nofusion", 1)):
+        result = match_at_schedule(load_graph(graph), repeat, None, [("fpn", load_graph("fpn"))], Schedule())
+        assert result["target_flops"] == measured[name]
+        for row in result["rows"]:
+            assert row["within"] and abs(row["flops"] - measured[name]) <= 0.1 * measured[name]
+    code, out, _ = edg("search", "match", "bifpn:2", "--baselines", "fpn", "bifpn")
+    items = out.split("--graphs ", 1)[1].split()
+    # matched by depth, the target's own graph is itself; by width, a baseline keeps one layer
+    assert code == 0 and "bifpn:2" in items and "(+0.0%)" in out
+    assert all(":" not in i for i in items if "@" in i)

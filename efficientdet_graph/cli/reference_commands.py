@@ -56,6 +56,42 @@ def register_search(s: argparse._SubParsersAction) -> None:
     q.set_defaults(handler=cmd_reference)
 
 
+def register_match(s: argparse._SubParsersAction) -> None:
+    q = s.add_parser(
+        "match", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="baselines matched to a network's feature-network FLOPs at the reference schedule's scale, by depth "
+             "and by width: the --graphs items that re-train them beside it")
+    q.add_argument("target", metavar="TARGET", help="NAME[:REPEAT][@WIDTH]: a built-in graph or a graph file")
+    q.add_argument("--baselines", nargs="+", default=["fpn", "panet", "bifpn"], help="graphs to match to it")
+    q.add_argument("--by", nargs="+", choices=("depth", "width"), default=["depth", "width"],
+                   help="depth: repeat the baseline (width kept where it can be); width: widen it at the schedule's "
+                        "depth")
+    q.add_argument("--tolerance", type=float, default=0.10, help="allowed FLOPs mismatch (fraction)")
+    q.add_argument("--schedule", action="append", default=[], metavar="KEY=VALUE",
+                   help="reference-schedule setting (the scale: image_size, channels, backbone, repeat)")
+    q.set_defaults(handler=cmd_match)
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    from ..passes import load_graph
+    from ..search.compare import match_at_schedule
+
+    if not 0 < args.tolerance < 1:
+        raise _BadArgs(f"--tolerance {args.tolerance}: allowed between 0 and 1")
+    schedule = _schedule(args.schedule)
+    name, repeat, width = _graph_item(args.target, schedule)
+    result = match_at_schedule(load_graph(name), repeat, width, [(b, load_graph(b)) for b in args.baselines],
+                               schedule, by=args.by, tolerance=args.tolerance)
+    print(f"{args.target}: {result['target_flops'] / 1e6:.2f} MFLOPs (multiply-adds) of feature network at "
+          f"{schedule.image_size} px, width {result['target_channels']}, backbone {schedule.backbone}")
+    for r in result["rows"]:
+        mark = "" if r["within"] else f"  (outside {100 * args.tolerance:.0f}%)"
+        print(f"  {r['item']:<16} by {r['by']:<5}  repeat {r['repeat']}, width {r['channels']}: "
+              f"{r['flops'] / 1e6:.2f} MFLOPs ({r['diff_pct']:+.1f}%){mark}")
+    print("--graphs " + " ".join(dict.fromkeys(r["item"] for r in result["rows"])))
+    return 0 if all(r["within"] for r in result["rows"]) else 1
+
+
 def _schedule(items: list[str]):
     from dataclasses import fields
 

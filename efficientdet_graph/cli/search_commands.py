@@ -32,7 +32,8 @@ def _positive(name: str, cast=int, low=1, high=None):
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="architecture search over declared spaces (Optuna studies)")
     s = p.add_subparsers(dest="search_command", metavar="SEARCH_COMMAND", required=True,
-                         help="validate, sample, run, status, best, plot, compare, benchmark, reference, fidelity, calibrate")
+                         help="validate, sample, run, status, best, plot, compare, benchmark, reference, match, fidelity, "
+                              "calibrate")
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
     q = s.add_parser("validate", help="check search-space files; exit 2 on any error", formatter_class=fmt)
@@ -126,9 +127,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--results", default=None, help="write the comparison (JSON) here; a .png beside it")
     q.set_defaults(handler=cmd_benchmark)
 
-    from .reference_commands import register_search
+    from .reference_commands import register_match, register_search
 
     register_search(s)
+    register_match(s)
     from .fidelity_commands import register_search as register_fidelity
 
     register_fidelity(s)

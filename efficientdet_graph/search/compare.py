@@ -26,7 +26,7 @@ from .report import best_so_far, hypervolume
 from .proxy_scores import proxy_score
 from .study import Evaluator, StudyConfig, _load_space, best_trials, run_worker, study_metric, summary, trial_status
 
-__all__ = ["provenance", "matched_scale", "compare_study", "benchmark_samplers"]
+__all__ = ["provenance", "matched_scale", "match_at_schedule", "compare_study", "benchmark_samplers"]
 
 
 def provenance(argv: Sequence[str] | None = None) -> dict:
@@ -78,6 +78,38 @@ def matched_scale(graph, target_flops: float, cost, in_channels: dict, *, base_r
                 best = (key, r, w, flops)
     _, r, w, flops = best
     return r, w, int(flops)
+
+
+def match_at_schedule(target, target_repeat: int, target_width: int | None, baselines: Sequence[tuple[str, object]],
+                      schedule, by: Sequence[str] = ("depth", "width"), tolerance: float = 0.10) -> dict:
+    """Each baseline graph matched to ``target``'s feature-network FLOPs at the reference
+    schedule's scale (its image size, width and backbone's channels), once per knob in
+    ``by`` (``matched_scale``: depth repeats the baseline, width widens it); every row says
+    whether it lands within ``tolerance``. What ``edg search reference --graphs`` takes
+    to re-train found networks beside cost-matched baselines."""
+    from .zerocost import _backbone_channels
+
+    in_ch = _backbone_channels(schedule.backbone, 3, 5)
+    scale = type("Scale", (), {"image_size": schedule.image_size})
+
+    def flops(graph, repeat: int, width: int) -> int:
+        g = graph.copy()
+        g.graph = {**graph.graph, "outputs": dict(graph.graph["outputs"]), "repeat": repeat}
+        return int(graph_cost(g, width, in_ch, schedule.image_size).flops)
+
+    width = target_width or schedule.channels
+    goal = flops(target, target_repeat, width)
+    rows = []
+    for name, graph in baselines:
+        for knob in by:
+            r, w, f = matched_scale(graph, goal, scale, in_ch, base_repeat=schedule.repeat,
+                                    base_channels=schedule.channels, tolerance=tolerance, match=knob)
+            item = name + (f":{r}" if r != schedule.repeat else "") + (f"@{w}" if w != schedule.channels else "")
+            rows.append({"graph": name, "by": knob, "repeat": r, "channels": w, "flops": f,
+                         "diff_pct": round(100 * (f - goal) / goal, 2), "within": abs(f - goal) <= tolerance * goal,
+                         "item": item})
+    return {"target_flops": goal, "target_repeat": target_repeat, "target_channels": width,
+            "image_size": schedule.image_size, "in_channels": in_ch, "tolerance": tolerance, "rows": rows}
 
 
 def _candidate(graph, repeat: int, channels: int, cost) -> Candidate:
