@@ -37,8 +37,8 @@ def reference_proxy(doc: Mapping, settings: Mapping) -> ProxyConfig:
     if not task.get("data"):
         raise SearchError("the reference file names no data folder (task.data): write it again with the same "
                           "edg search reference command and --report --no-gate")
-    # BatchNorm momentum 0.1: a trial's ~250 steps would leave the detector's 0.01 leaning
-    # on the initial statistics (measured on the multiscale task: docs/search.md)
+    # BatchNorm momentum 0.1: after a trial's ~250 steps the detector's 0.01 would leave
+    # the running statistics 8% on their initial values (0.99^250), which the evaluation uses
     base = {"data": task["data"], "max_detections": 100, "bn_momentum": 0.1}
     # the reference's batch and learning rate too: on a CPU a step's cost grows with its
     # batch, so batches of 8 make four times the updates of 32 for the same seconds
