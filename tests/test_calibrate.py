@@ -316,3 +316,20 @@ def test_a_trial_is_scored_as_pycocotools_scores_it(tmp_path, data, monkeypatch)
     for ours, ref, _ in seen:
         assert ours["map50"] == pytest.approx(ref["map50"], abs=1e-12)
         assert ours["map"] == pytest.approx(ref["map"], abs=1e-12)
+
+
+def test_a_trial_log_is_named_by_content_so_another_checkout_finds_it(tmp_path, data):
+    import shutil
+
+    from efficientdet_graph.search.calibrate import _settings_id
+
+    _weights(tmp_path / "w.pt", 0)
+    here = ProxyConfig(data=str(data), backbone_weights=str(tmp_path / "w.pt"), epochs=2)
+    shutil.copytree(data, tmp_path / "elsewhere" / "data")
+    shutil.copy(tmp_path / "w.pt", tmp_path / "elsewhere" / "w.pt")
+    there = ProxyConfig(data=str(tmp_path / "elsewhere" / "data"), backbone_weights=str(tmp_path / "elsewhere" / "w.pt"),
+                        epochs=2)
+    assert _settings_id(here) == _settings_id(there)
+    assert _settings_id(here) != _settings_id(ProxyConfig(**{**here.__dict__, "epochs": 3}))
+    _weights(tmp_path / "other.pt", 1)
+    assert _settings_id(here) != _settings_id(ProxyConfig(**{**here.__dict__, "backbone_weights": str(tmp_path / "other.pt")}))

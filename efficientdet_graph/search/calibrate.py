@@ -54,9 +54,21 @@ def reference_proxy(doc: Mapping, settings: Mapping) -> ProxyConfig:
 
 
 def _settings_id(cfg: ProxyConfig) -> str:
-    """Every setting that can change a trial's result (not the loader's worker count)."""
+    """Every setting that can change a trial's result (not the loader's worker count), the
+    data and the frozen backbone by content, not by path: a log committed in one checkout
+    is found in another."""
+    from .proxy import CACHE_FORMAT, _file_digest
+    from ..train.data import resolve_data
+
     key = {k: v for k, v in asdict(cfg).items() if k not in ProxyConfig.RESULT_NEUTRAL}
-    key["cache"] = cfg.fingerprint()  # the data and the frozen backbone, by content
+    key["format"] = CACHE_FORMAT
+    if cfg.data != "synthetic":
+        h = hashlib.sha256()
+        for split in ("train", "val"):
+            h.update(split.encode() + Path(resolve_data(cfg.data, split)[0]).read_bytes())
+        key["data"] = h.hexdigest()[:16]
+    if cfg.backbone_weights is not None:
+        key["backbone_weights"] = _file_digest(cfg.backbone_weights)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
