@@ -80,10 +80,13 @@ reference: noise-floor
 	$(BIN)/edg search reference bifpn_edges --out reference/multiscale --workers 2 \
 		--results search/results/reference-multiscale.json
 
-# calibrate: every registered proxy variant, the training-free scores and the FLOPs/params
-# priors judged against the reference table in one table (docs/search.md); picks the
+# calibrate: the table as the journal holds it (the task generated into reference/multiscale/data
+# if missing), then every registered proxy variant, the training-free scores and the FLOPs/params
+# priors judged against it in one table (docs/search.md); picks the
 # default proxy, exit 1 when no ranking clears the bar. Resumable: finished trials are
 # logged in reference/multiscale/proxy/trials-*.jsonl (committed).
 calibrate: install
+	$(BIN)/edg search reference bifpn_edges --out reference/multiscale --report --no-gate \
+		--results search/results/reference-multiscale.json
 	$(BIN)/edg search calibrate search/results/reference-multiscale.json --cache reference/multiscale/proxy \
 		--results search/results/calibrate-multiscale.json
