@@ -333,3 +333,14 @@ def test_a_trial_log_is_named_by_content_so_another_checkout_finds_it(tmp_path, 
     assert _settings_id(here) != _settings_id(ProxyConfig(**{**here.__dict__, "epochs": 3}))
     _weights(tmp_path / "other.pt", 1)
     assert _settings_id(here) != _settings_id(ProxyConfig(**{**here.__dict__, "backbone_weights": str(tmp_path / "other.pt")}))
+
+
+def test_calibrate_cli_errors_exit_2_with_the_reason(tmp_path, data, edg):
+    code, out, _ = edg("search", "calibrate", "--list")
+    assert code == 0 and all(name in out for name in ("images", "epochs", "two-seeds", "fpn-pretrained"))
+    code, _, err = edg("search", "calibrate")
+    assert code == 2 and "name the reference results file" in err
+    code, _, err = edg("search", "calibrate", str(_reference(tmp_path, data)), "--variants", "imagse")
+    assert code == 2 and "did you mean 'images'" in err
+    code, _, err = edg("search", "calibrate", str(tmp_path / "missing.json"))
+    assert code == 2 and "no such file" in err

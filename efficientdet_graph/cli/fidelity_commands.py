@@ -8,10 +8,11 @@ import math
 from pathlib import Path
 
 from ..errors import SearchError
+from ..search.proxy_scores import SCORES
 
 __all__ = ["register_search"]
 
-SCORE_CHOICES = ("map50", "map", "val_loss", "train_loss", "extrapolated")  # search.proxy_scores.SCORES
+SCORE_CHOICES = SCORES
 
 SCORES_FORMAT = ('a JSON object mapping network name (as in the reference table) to score, higher is better, '
                  'e.g. {"fpn": 0.41, "bifpn": 0.45, "nofusion": 0.30, "panet": 0.43}')
@@ -60,7 +61,8 @@ def register_search(s: argparse._SubParsersAction) -> None:
         "calibrate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="proxy variants, training-free scores and FLOPs/params priors judged against a reference table in "
              "one table; picks the default proxy (the cheapest that clears the bar), exit 1 when none does")
-    q.add_argument("reference", metavar="REFERENCE", help="the reference results file (edg search reference --results)")
+    q.add_argument("reference", metavar="REFERENCE", nargs="?", default=None,
+                   help="the reference results file (edg search reference --results)")
     q.add_argument("--variants", nargs="+", default=None, metavar="NAME",
                    help="proxy variants to train (default: all registered: edg search calibrate --list)")
     q.add_argument("--list", action="store_true", help="list the registered variants and their settings, and exit")
@@ -244,6 +246,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             settings = " ".join(f"{k}={val}" for k, val in v.settings.items())
             print(f"{v.name:14s} {v.why}\n{'':14s} {settings}" + (f" seeds={v.seeds}" if v.seeds > 1 else ""))
         return 0
+    if args.reference is None:
+        raise SearchError("edg search calibrate: name the reference results file (or --list the variants)")
     if not 1 <= args.n_boot <= 100_000:
         raise SearchError(f"--n-boot must be 1..100000, got {args.n_boot}")
     variants = [get_variant(n) for n in (args.variants or list(VARIANTS))]
