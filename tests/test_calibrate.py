@@ -248,11 +248,12 @@ def test_calibrate_cli_judges_variants_zero_cost_and_priors_in_one_table(tmp_pat
     assert set(proxy_row["trial_phases_median_s"]) == {"setup", "batches", "forward", "backward", "evaluate"}
 
 
-def _calibration(tmp_path, data, pick):
+def _calibration(tmp_path, data, rows):
     ref = _reference(tmp_path, data)
     path = tmp_path / "cal.json"
-    path.write_text(json.dumps({"reference_file": str(ref), "default": pick,
-                                "best": {"variant": "epochs", "score": "map50", "tau": 0.2}}))
+    path.write_text(json.dumps({"reference_file": str(ref), "rows": [
+        {"kind": kind, "variant": variant, "score": score, "tau": tau, "passed": passed, "cpu_seconds_per_network": cpu}
+        for kind, variant, score, tau, passed, cpu in rows]}))
     return path
 
 
@@ -261,7 +262,9 @@ def test_a_study_with_a_calibration_trains_its_proxy_and_maximizes_its_score(tmp
     from efficientdet_graph.search.space import load_space
     from efficientdet_graph.search.variants import VARIANTS
 
-    cal = _calibration(tmp_path, data, {"variant": "images", "score": "train_loss"})
+    cal = _calibration(tmp_path, data, [("proxy", "images", "train_loss", 0.7, True, 12.0),
+                                        ("proxy", "epochs", "val_loss", 0.9, True, 14.0),
+                                        ("zero-cost", "synflow", "synflow", 0.8, True, 0.1)])
     cfg = StudyConfig(space="bifpn_edges", out=str(tmp_path / "run"), trials=2, sampler="random", seed_points=False,
                       calibration=str(cal), proxy=(("epochs", "1"), ("batch_size", "4")), quiet=True)
     space = load_space("bifpn_edges")
@@ -285,10 +288,12 @@ def test_a_calibration_without_a_proxy_pick_is_refused(tmp_path, data):
     from efficientdet_graph.errors import SearchError
     from efficientdet_graph.search.calibrate import calibrated_proxy
 
-    cfg, score, how = calibrated_proxy(_calibration(tmp_path, data, None))
-    assert (cfg.epochs, score) == (4, "map50") and "best" in how  # nothing passed: the best
-    with pytest.raises(SearchError, match="training-free"):
-        calibrated_proxy(_calibration(tmp_path, data, {"variant": "flops", "score": "flops"}))
+    nothing_passed = [("proxy", "images", "map50", 0.1, False, 12.0), ("proxy", "epochs", "map50", 0.2, False, 14.0),
+                      ("prior", "flops", "flops", 0.5, False, 0.0)]
+    cfg, score, how = calibrated_proxy(_calibration(tmp_path, data, nothing_passed))
+    assert (cfg.epochs, score) == (4, "map50") and "best tau" in how  # the proxy of best tau, not the prior
+    with pytest.raises(SearchError, match="judged no proxy"):
+        calibrated_proxy(_calibration(tmp_path, data, [("prior", "flops", "flops", 0.5, False, 0.0)]))
     with pytest.raises(SearchError, match="no such file"):
         calibrated_proxy(tmp_path / "nope.json")
 

@@ -136,9 +136,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_fidelity(s)
 
 
-CALIBRATION_HELP = ("an edg search calibrate results file: train its chosen proxy (its default, else its best) on "
-                    "the data of the reference it was calibrated against, and maximize its trial score instead of "
-                    "the space's metric and proxy settings (--proxy still applies on top)")
+CALIBRATION_HELP = ("an edg search calibrate results file: train its cheapest proxy variant that clears the bar (else "
+                    "the one of best tau) on the data of the reference it was calibrated against, and maximize its "
+                    "trial score instead of the space's metric and proxy settings (--proxy still applies on top)")
 
 
 def _study_args(q: argparse.ArgumentParser) -> None:

@@ -282,10 +282,10 @@ def markdown(result: Mapping) -> str:
 
 
 def calibrated_proxy(path: str | Path) -> tuple[ProxyConfig, str, str]:
-    """The proxy a calibration results file (``edg search calibrate --results``) chose: its
-    default, or where no ranking cleared the bar its best, on the reference it was
-    calibrated against. Returns the proxy, the trial score to maximize and a line saying
-    which it is."""
+    """The proxy a study should train, from a calibration results file (``edg search
+    calibrate --results``): its cheapest proxy row that clears the bar, or where none
+    does the one of best tau, on the reference it was calibrated against. Returns the
+    proxy, the trial score to maximize and a line saying which it is."""
     from .variants import get_variant
 
     def read(p: str | Path, what: str) -> dict:
@@ -300,15 +300,20 @@ def calibrated_proxy(path: str | Path) -> tuple[ProxyConfig, str, str]:
         return doc
 
     doc = read(path, "calibration")
-    pick, how = doc.get("default"), "the default proxy"
-    if not pick:
-        pick, how = doc.get("best"), "no ranking cleared the bar: the best one"
-    if not isinstance(pick, dict) or "variant" not in pick or not doc.get("reference_file"):
-        raise SearchError(f"calibration {path}: not an edg search calibrate results file (no default, best or "
-                          "reference_file)")
-    if pick["variant"] in ("flops", "params") or pick.get("score") in ("entropy", "synflow"):
-        raise SearchError(f"calibration {path}: its pick is the training-free ranking {pick['variant']!r}, not a "
-                          "proxy to train; rank by it with edg search sample instead")
+    rows = doc.get("rows")
+    if not isinstance(rows, list) or not doc.get("reference_file"):
+        raise SearchError(f"calibration {path}: not an edg search calibrate results file (no rows or reference_file)")
+    # a study trains a proxy: the cheapest passing proxy row (a training-free score may be
+    # cheaper still, but a study has no trial to give it), else the proxy row of best tau
+    proxies = [r for r in rows if isinstance(r, dict) and r.get("kind") == "proxy"]
+    passing = [r for r in proxies if r.get("passed")]
+    if passing:
+        pick, how = min(passing, key=lambda r: r["cpu_seconds_per_network"]), "the cheapest proxy that clears the bar"
+    elif proxies:
+        pick = max(proxies, key=lambda r: r["tau"] if r["tau"] == r["tau"] else -2)
+        how = "no proxy cleared the bar: the one of best tau"
+    else:
+        raise SearchError(f"calibration {path}: it judged no proxy variant (run edg search calibrate with --variants)")
     variant = get_variant(pick["variant"])
     cfg = reference_proxy(read(doc["reference_file"], "reference"), variant.settings)
     return cfg, pick["score"], f"{how}, variant {variant.name} scored by {pick['score']} ({path})"

@@ -85,8 +85,8 @@ class StudyConfig:
     pruner: Literal["hyperband", "halving", "median", "none"] | None = None  # accuracy: hyperband
     seed_points: bool = True
     proxy: tuple[tuple[str, Any], ...] = ()
-    # an edg search calibrate results file: its chosen proxy (on its reference's data) and
-    # trial score replace the space's; --proxy settings still go on top
+    # an edg search calibrate results file: its cheapest passing proxy variant (on its
+    # reference's data) and trial score replace the space's; --proxy settings go on top
     calibration: str | None = None
     graph: str | None = None
     cache: str | None = None
