@@ -349,3 +349,58 @@ def test_calibrate_cli_errors_exit_2_with_the_reason(tmp_path, data, edg):
     assert code == 2 and "did you mean 'images'" in err
     code, _, err = edg("search", "calibrate", str(tmp_path / "missing.json"))
     assert code == 2 and "no such file" in err
+
+
+def test_best_so_far_and_hypervolume_work_for_negated_losses():
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from efficientdet_graph.search.report import best_so_far
+
+    def trial(number, metric=None):
+        t = optuna.trial.create_trial(value=metric if metric is not None else 0.0,
+                                      params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)},
+                                      user_attrs={"edg_status": "done", **({"edg_metric": metric} if metric is not None
+                                                                            else {})})
+        t.number = number
+        return t
+
+    # a negated loss is below 0: "best so far" must not stay at 0, nor start there
+    got = best_so_far([trial(0), trial(1, -1.3), trial(2, -1.5), trial(3, -1.1)])
+    assert got == [None, -1.3, -1.3, -1.1]
+
+
+def test_a_sampler_beats_random_only_beyond_the_seed_ranges():
+    from efficientdet_graph.search.compare import sampler_verdicts
+
+    def r(lo, hi):
+        return {"min": lo, "max": hi}
+
+    by = {"random": {"best": r(0.50, 0.60), "hypervolume": r(1.0, 2.0)},
+          "tpe": {"best": r(0.61, 0.70), "hypervolume": r(1.5, 2.5)},     # every seed above random's best
+          "evolution": {"best": r(0.40, 0.49), "hypervolume": r(0.1, 0.9)}}
+    v = sampler_verdicts(by)
+    assert v["tpe"] == {"best": "better", "hypervolume": "within the spread"}
+    assert v["evolution"] == {"best": "worse", "hypervolume": "worse"}
+    assert sampler_verdicts({"tpe": by["tpe"]}) == {}  # no random search to compare with
+
+
+def test_sampler_benchmark_on_a_calibrated_proxy_with_a_negated_loss(tmp_path, data):
+    import math
+
+    from efficientdet_graph.search.compare import benchmark_samplers, plot_benchmark
+
+    torch.set_num_threads(1)
+    cal = _calibration(tmp_path, data, [("proxy", "images", "train_loss", 0.7, True, 12.0)])
+    result = benchmark_samplers("bifpn_edges", ["random", "evolution"], [0], 3, tmp_path / "bench",
+                                proxy=(("epochs", "1"), ("batch_size", "4")), say=lambda s: None,
+                                population=2, calibration=str(cal))
+    assert all(r["finished"] == 3 for r in result["runs"])
+    for r in result["runs"]:
+        assert r["best"] < 0 and r["best"] == max(m for m, _ in r["points"])  # a negated loss, the best of them
+        assert r["hypervolume"] > 0 or len({m for m, _ in r["points"]}) == 1
+        assert r["best_so_far"][-1] == r["best"]
+    assert result["hypervolume_reference"]["metric"] == min(m for r in result["runs"] for m, _ in r["points"])
+    assert set(result["verdicts"]) == {"evolution"}
+    assert not math.isnan(result["by_sampler"]["random"]["best"]["mean"])
+    assert plot_benchmark(result, tmp_path / "b.png").stat().st_size > 0

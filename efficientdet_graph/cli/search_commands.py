@@ -343,6 +343,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         b, h = r["best"], r["hypervolume"]
         print(f"{name:<10} {b['mean']:.4f} ({b['min']:.4f}-{b['max']:.4f}){'':<6} "
               f"{h['mean']:.4f} ({h['min']:.4f}-{h['max']:.4f})")
+    for name, v in result["verdicts"].items():  # by seed range: no claim inside the spread
+        print(f"{name} against random: best metric {v['best']}, hypervolume {v['hypervolume']}")
     if args.results:
         path = write_results(args.results, result)
         png = plot_benchmark(result, Path(args.results).with_suffix(".png"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import statistics
@@ -26,7 +27,8 @@ from .report import best_so_far, hypervolume
 from .proxy_scores import proxy_score
 from .study import Evaluator, StudyConfig, _load_space, best_trials, run_worker, study_metric, summary, trial_status
 
-__all__ = ["provenance", "matched_scale", "match_at_schedule", "compare_study", "benchmark_samplers"]
+__all__ = ["provenance", "matched_scale", "match_at_schedule", "compare_study", "benchmark_samplers",
+           "sampler_verdicts"]
 
 
 def provenance(argv: Sequence[str] | None = None) -> dict:
@@ -255,20 +257,42 @@ def benchmark_samplers(space: str, samplers: Sequence[str], seeds: Sequence[int]
             runs.append({"sampler": sampler, "seed": seed, "finished": result["finished"],
                          "points": [(t.user_attrs["edg_metric"], t.user_attrs["edg_flops"]) for t in done],
                          "best_so_far": best_so_far(ts), "best": max((t.user_attrs["edg_metric"] for t in done),
-                                                                     default=0.0)})
-            say(f"  best {runs[-1]['best']:.4f}")
+                                                                     default=None)})
+            say(f"  best {runs[-1]['best']}")
     ref_cost = 1.1 * max((c for r in runs for _, c in r["points"]), default=1.0)
+    # the metric's floor: 0 for an mAP; the worst score seen for a negated loss
+    ref_metric = min([0.0, *(m for r in runs for m, _ in r["points"])])
     for r in runs:
-        r["hypervolume"] = hypervolume(r["points"], (0.0, ref_cost)) / 1e9
+        r["hypervolume"] = hypervolume(r["points"], (ref_metric, ref_cost)) / 1e9
     by = {}
     for s in samplers:
         mine = [r for r in runs if r["sampler"] == s]
-        by[s] = {"best": _stats([r["best"] for r in mine]), "hypervolume": _stats([r["hypervolume"] for r in mine])}
+        by[s] = {"best": _stats([r["best"] for r in mine if r["best"] is not None] or [math.nan]),
+                 "hypervolume": _stats([r["hypervolume"] for r in mine])}
     return {"space": space, "trials": trials, "seeds": list(seeds), "proxy": [list(p) for p in proxy],
-            "population": population,
-            "hypervolume_reference": {"metric": 0.0, "gflops": ref_cost / 1e9,
+            "population": population, "calibration": calibration,
+            "hypervolume_reference": {"metric": ref_metric, "gflops": ref_cost / 1e9,
                                       "unit": "metric x GFLOPs (multiply-adds)"},
-            "by_sampler": by, "runs": runs}
+            "by_sampler": by, "verdicts": sampler_verdicts(by), "runs": runs}
+
+
+def sampler_verdicts(by_sampler: dict, baseline: str = "random") -> dict:
+    """Each sampler against ``baseline`` on the best metric and on the hypervolume, by
+    seed range: "better" only where its worst seed beats the baseline's best seed,
+    "worse" where its best seed is below the baseline's worst, else "within the spread"."""
+    out = {}
+    if baseline not in by_sampler:
+        return out
+    base = by_sampler[baseline]
+    for name, r in by_sampler.items():
+        if name == baseline:
+            continue
+        out[name] = {}
+        for what in ("best", "hypervolume"):
+            mine, theirs = r[what], base[what]
+            out[name][what] = ("better" if mine["min"] > theirs["max"] else "worse" if mine["max"] < theirs["min"]
+                               else "within the spread")
+    return out
 
 
 def _storage(out: Path):
@@ -286,9 +310,10 @@ def plot_benchmark(result: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     colors = {"random": "tab:gray", "tpe": "tab:blue", "evolution": "tab:red", "nsga2": "tab:green"}
     for sampler in result["by_sampler"]:
-        curves = [r["best_so_far"] for r in result["runs"] if r["sampler"] == sampler]
+        curves = [[math.nan if v is None else v for v in r["best_so_far"]] for r in result["runs"]
+                  if r["sampler"] == sampler]
         n = min(len(c) for c in curves)
-        mean = [statistics.fmean(c[i] for c in curves) for i in range(n)]
+        mean = [statistics.fmean(c[i] for c in curves) for i in range(n)]  # NaN until every seed has a result
         for c in curves:
             ax.plot(range(1, len(c) + 1), c, "-", c=colors.get(sampler, "k"), alpha=0.25, lw=0.8)
         ax.plot(range(1, n + 1), mean, "-", c=colors.get(sampler, "k"), lw=2, label=f"{sampler} (mean of {len(curves)})")

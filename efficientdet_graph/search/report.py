@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -55,12 +56,15 @@ def hypervolume(points: Sequence[tuple[float, float]], reference: tuple[float, f
     return area
 
 
-def best_so_far(trials: list[FrozenTrial]) -> list[float]:
-    """The best proxy metric after each trial, in trial order (0 before the first result)."""
-    best, out = 0.0, []
+def best_so_far(trials: list[FrozenTrial]) -> list[float | None]:
+    """The best proxy metric after each trial, in trial order (None before the first
+    result: a metric may be negative, a negated loss, so no number stands for "none yet")."""
+    best: float | None = None
+    out: list[float | None] = []
     for t in sorted(trials, key=lambda t: t.number):
         if trial_status(t) in ("done", "reused", "cached") and "edg_metric" in t.user_attrs:
-            best = max(best, float(t.user_attrs["edg_metric"]))
+            m = float(t.user_attrs["edg_metric"])
+            best = m if best is None else max(best, m)
         out.append(best)
     return out
 
@@ -104,7 +108,7 @@ def plot_study(study: optuna.Study, cfg: StudyConfig, out: str | Path) -> list[P
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    curve = best_so_far(trials)
+    curve = [math.nan if v is None else v for v in best_so_far(trials)]
     ax.plot(range(1, len(curve) + 1), curve, "-", c="tab:blue")
     ax.set_xlabel("trial")
     ax.set_ylabel(f"best proxy {metric} so far")
