@@ -378,7 +378,7 @@ def test_a_width_is_part_of_a_networks_key_and_its_model_and_old_keys_stay():
     s = Schedule()
     assert _graph_item("bifpn", s) == ("bifpn", 1, None)
     assert _graph_item("bifpn:3@48", s) == ("bifpn", 3, 48)
-    assert _graph_item("runs/best/01_trial7.yaml@40", s) == ("runs/best/01_trial7.yaml", 1, 40)
+    assert _graph_item("runs/best/01_trial7.yaml:2@40", s) == ("runs/best/01_trial7.yaml", 2, 40)
     assert _graph_item("gfpn:1", s) == ("gfpn", 1, None)
 
 
@@ -399,3 +399,36 @@ def test_match_counts_flops_as_the_trained_jobs_measured_them_and_prints_graphs_
     # matched by depth, the target's own graph is itself; by width, a baseline keeps one layer
     assert code == 0 and "bifpn:2" in items and "(+0.0%)" in out
     assert all(":" not in i for i in items if "@" in i)
+
+
+def test_matched_baselines_join_the_table_beside_each_found_network(tmp_path):
+    import argparse
+
+    from efficientdet_graph.cli.reference_commands import _graph_item, _networks
+    from efficientdet_graph.graph import graph_to_yaml
+    from efficientdet_graph.passes import load_graph
+    from efficientdet_graph.profile.analytic import graph_cost
+    from efficientdet_graph.search.reference import Schedule
+    from efficientdet_graph.search.zerocost import _backbone_channels
+
+    found = load_graph("bifpn")
+    found.graph = {**found.graph, "repeat": 2}  # as `edg search best` writes a found graph: with its depth
+    (tmp_path / "found.yaml").write_text(graph_to_yaml(found))
+    s = Schedule()
+    assert _graph_item(str(tmp_path / "found.yaml"), s)[1] == 2  # the file's own depth
+    args = argparse.Namespace(floor=[], floor_only=False, graphs=[str(tmp_path / "found.yaml")], matched=["fpn"],
+                              tolerance=0.10, space=None, sampled=0, sample_seed=0)
+    nets, floor = _networks(args, s)
+    assert not floor and nets[0].name == "foundx2" and nets[0].repeat == 2
+    matched = [n for n in nets if n.source == "matched"]
+    assert len(matched) == 2 and {n.channels is None for n in matched} == {True, False}  # by depth, by width
+    in_ch = _backbone_channels(s.backbone, 3, 5)
+
+    def flops(g, repeat, width):
+        g = g.copy()
+        g.graph = {**g.graph, "outputs": dict(g.graph["outputs"]), "repeat": repeat}
+        return graph_cost(g, width, in_ch, s.image_size).flops
+
+    target = flops(load_graph("bifpn"), 2, 32)
+    for n in matched:
+        assert abs(flops(load_graph("fpn"), n.repeat, n.channels or 32) - target) <= 0.10 * target

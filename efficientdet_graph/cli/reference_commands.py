@@ -35,6 +35,10 @@ def register_search(s: argparse._SubParsersAction) -> None:
                    help="graphs added to the table: NAME[:REPEAT][@WIDTH], NAME a built-in or a graph file (e.g. "
                         "one `edg search best` wrote); default repeat and width: the schedule's (GFPN's built-in is "
                         "already 5 layers deep)")
+    q.add_argument("--matched", nargs="*", default=[], metavar="GRAPH",
+                   help="for each --graphs network, these baselines at its feature-network FLOPs (within "
+                        "--tolerance), once repeated and once widened (edg search match)")
+    q.add_argument("--tolerance", type=float, default=0.10, help="with --matched: allowed FLOPs mismatch")
     q.add_argument("--floor", nargs="*", default=["nofusion", "fpn", "panet", "bifpn"],
                    help="the noise-floor networks: the no-fusion neck first, then the fusing ones")
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of every network")
@@ -158,7 +162,21 @@ def _networks(args: argparse.Namespace, schedule) -> tuple[list, set]:
             label = Path(name).stem if name.endswith((".yaml", ".yml")) else name
             label += f"x{repeat}" if repeat != schedule.repeat else ""
             label += f"@{width}" if width else ""
-            extra.append(network_from_graph(label, load_graph(name), repeat, "graph", channels=width))
+            graph = load_graph(name)
+            extra.append(network_from_graph(label, graph, repeat, "graph", channels=width))
+            if args.matched:  # the baselines at this network's FLOPs, by depth and by width
+                from ..search.compare import match_at_schedule
+
+                m = match_at_schedule(graph, repeat, width, [(b, load_graph(b)) for b in args.matched], schedule,
+                                      tolerance=args.tolerance)
+                for row in m["rows"]:
+                    if not row["within"]:
+                        raise _BadArgs(f"--matched {row['graph']}: no depth or width of it is within "
+                                       f"{100 * args.tolerance:.0f}% of {label}'s FLOPs (closest: {row['item']}, "
+                                       f"{row['diff_pct']:+.1f}%)")
+                    extra.append(network_from_graph(row["item"], load_graph(row["graph"]), row["repeat"], "matched",
+                                                    channels=row["channels"] if row["channels"] != schedule.channels
+                                                    else None))
         space = space_networks(args.space, args.sampled, args.sample_seed) if args.space else []
         for net in extra + space:
             if net.key not in keys:  # the space's fpn/panet/bifpn points are the floor's networks
@@ -168,15 +186,24 @@ def _networks(args: argparse.Namespace, schedule) -> tuple[list, set]:
 
 
 def _graph_item(item: str, schedule) -> tuple[str, int, int | None]:
-    """``NAME[:REPEAT][@WIDTH]``: a built-in graph or a graph file, its depth (default: the
-    schedule's) and its width (default: the schedule's)."""
+    """``NAME[:REPEAT][@WIDTH]``: a built-in graph or a graph file, its depth (default: a
+    graph file's own ``repeat`` -- what ``edg search best`` writes --, else the schedule's)
+    and its width (default: the schedule's)."""
     rest, at, width = item.rpartition("@") if "@" in item else (item, "", "")
     name, colon, rep = rest.rpartition(":") if ":" in rest else (rest, "", "")
     if (colon and not (rep.isdigit() and 1 <= int(rep) <= 64)) or (at and not (width.isdigit() and 8 <= int(width)
                                                                                  <= 1024)) or not name:
         raise _BadArgs(f"--graphs {item!r}: expected NAME, NAME:REPEAT (1..64), NAME@WIDTH (8..1024) or "
                        "NAME:REPEAT@WIDTH; NAME a built-in graph or a graph file")
-    return name, int(rep) if colon else schedule.repeat, int(width) if at else None
+    if colon:
+        repeat = int(rep)
+    elif name.endswith((".yaml", ".yml")):
+        from ..passes import load_graph
+
+        repeat = int(load_graph(name).graph.get("repeat") or schedule.repeat)
+    else:
+        repeat = schedule.repeat
+    return name, repeat, int(width) if at else None
 
 
 def _interrupt(signum, frame) -> None:
