@@ -404,3 +404,25 @@ def test_sampler_benchmark_on_a_calibrated_proxy_with_a_negated_loss(tmp_path, d
     assert set(result["verdicts"]) == {"evolution"}
     assert not math.isnan(result["by_sampler"]["random"]["best"]["mean"])
     assert plot_benchmark(result, tmp_path / "b.png").stat().st_size > 0
+
+
+def test_a_shared_result_cache_never_serves_one_metric_for_another(tmp_path, data):
+    from efficientdet_graph.search.mapping import sample
+    from efficientdet_graph.search.space import load_space
+    from efficientdet_graph.search.study import Evaluator, StudyConfig
+
+    space = load_space("bifpn_edges")
+    cal = _calibration(tmp_path, data, [("proxy", "images", "train_loss", 0.7, True, 12.0)])
+    by_loss = Evaluator(space, StudyConfig(space="bifpn_edges", calibration=str(cal)))
+    cal_map = tmp_path / "cal-map.json"
+    doc = json.loads(cal.read_text())
+    doc["rows"][0]["score"] = "map50"
+    cal_map.write_text(json.dumps(doc))
+    by_map = Evaluator(space, StudyConfig(space="bifpn_edges", calibration=str(cal_map)))
+    import random
+
+    from efficientdet_graph.search.params import random_ask
+
+    cand = sample(space, random_ask(random.Random(0)))
+    assert by_loss.base == by_map.base  # the same proxy, trained the same way
+    assert by_loss.fingerprint(cand) != by_map.fingerprint(cand)

@@ -449,6 +449,7 @@ class Evaluator:
     def __init__(self, space: SearchSpace, cfg: StudyConfig):
         self.space, self.cfg = space, cfg
         self.base = _proxy_config(space, cfg)
+        self.metric = study_metric(space, cfg)
         self.tasks: dict[int, Any] = {}
 
     def config_for(self, cand: Candidate):
@@ -459,6 +460,8 @@ class Evaluator:
     def fingerprint(self, cand: Candidate) -> str:
         cfg = self.config_for(cand)
         settings = {k: v for k, v in asdict(cfg).items() if k not in cfg.RESULT_NEUTRAL}
+        if self.metric != "map50":  # a shared result cache holds the metric: another one is another result
+            settings["_metric"] = self.metric
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def evaluate(self, cand: Candidate, report: Callable[[int, float], None] | None):
