@@ -225,6 +225,8 @@ def test_every_variant_is_a_valid_proxy_setting(name):
     doc = {"schedule": {"backbone": "lcnet_050", "image_size": 192}, "task": {"data": "d"}}
     cfg = reference_proxy(doc, VARIANTS[name].settings)
     assert all(getattr(cfg, k) == v for k, v in VARIANTS[name].settings.items())
+    assert set(VARIANTS[name].scores or SCORES) <= set(SCORES)
+    assert "extrapolated" not in (VARIANTS[name].scores or ()) or cfg.score_every_epoch
 
 
 def test_calibrate_cli_judges_variants_zero_cost_and_priors_in_one_table(tmp_path, data):

@@ -234,7 +234,7 @@ def calibrate(doc: Mapping, variants: Sequence, zero_cost: Sequence[str], cache_
         # the phase timers have none)
         timed = [t["phases"] for t in trials if t.get("phases")]
         phases = {k: round(statistics.median(p[k] for p in timed), 2) for k in timed[0]} if timed else None
-        for score in SCORES:
+        for score in v.scores or SCORES:
             if score == "extrapolated" and not cfg.score_every_epoch:
                 continue  # one scored epoch: the extrapolated score is mAP@0.5 itself
             result = fidelity(table, network_scores(trials, score), split=split, n_boot=n_boot, seed=seed)

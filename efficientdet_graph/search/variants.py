@@ -33,6 +33,9 @@ class Variant:
     why: str
     settings: dict = field(default_factory=dict)
     seeds: int = 1
+    #: the trial scores judged (None: every one): a variant that trains as another does and
+    #: differs only in what it records judges only what that adds
+    scores: tuple[str, ...] | None = None
 
 
 # every variant scores once, after its last epoch, but ``curve`` (the per-epoch history);
@@ -52,8 +55,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("longer", "8 epochs over 256 images: twice the steps of `epochs`", {**_BASE, "epochs": 8}),
     Variant("narrow", "`epochs` at 16 channels instead of the reference's 32", {**_BASE, "channels": 16}),
     Variant("two-seeds", "`epochs`, the mean of two seeds per network", _BASE, seeds=2),
-    Variant("curve", "`epochs` scored after every epoch (the history the extrapolated score fits)",
-            {**_BASE, "score_every_epoch": True}),
+    Variant("curve", "`epochs` scored after every epoch (the history the extrapolated score fits; it trains "
+            "as `epochs` does, so only that score is judged)",
+            {**_BASE, "score_every_epoch": True}, scores=("extrapolated",)),
     Variant("small-images", "`epochs` on features of 128 px images instead of 192", {**_BASE, "image_size": 128}),
     Variant("fpn-pretrained", "`epochs` on a backbone pre-trained inside an FPN detector (5 epochs), the older "
             "proxy's way, instead of the reference's neck-free classification pre-training",
