@@ -206,6 +206,11 @@ def test_the_default_is_the_cheapest_passing_ranking_and_the_best_is_named_other
     assert got["best"]["variant"] == "slow"  # the priors are the bar, not candidates
     got = choose([dict(r, passed=False) for r in rows])
     assert got["default"] is None and got["best"]["tau"] == 0.8
+    # within 10% of the cheapest, cost is a tie (measurement noise): the higher tau wins
+    rows.append(row("proxy", "fast-too", 0.75, 13.0, True))
+    assert choose(rows)["default"]["variant"] == "fast-too"
+    rows.append(row("proxy", "dear", 0.95, 13.5, True, wall=1.0))  # 12.5% above the cheapest: not a tie
+    assert choose(rows)["default"]["variant"] == "fast-too"
 
 
 def test_an_unknown_variant_names_a_close_one():

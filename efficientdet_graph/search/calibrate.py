@@ -53,6 +53,10 @@ def reference_proxy(doc: Mapping, settings: Mapping) -> ProxyConfig:
         raise SearchError(f"proxy settings: {e}") from None
 
 
+#: rows within this fraction of the cheapest passing row's CPU seconds tie on cost
+COST_TIE = 0.10
+
+
 def _settings_id(cfg: ProxyConfig) -> str:
     """Every setting that can change a trial's result (not the loader's worker count), the
     data and the frozen backbone by content, not by path: a log committed in one checkout
@@ -245,13 +249,19 @@ def calibrate(doc: Mapping, variants: Sequence, zero_cost: Sequence[str], cache_
 
 
 def choose(rows: Sequence[Mapping]) -> dict:
-    """``default``: the passing row with the fewest CPU seconds per network (the first of
-    equals); ``best``: the highest tau among the rankings that are not priors (a NaN tau
-    ranks last), what a report names when nothing passes."""
+    """``default``: the cheapest passing row -- fewest CPU seconds per network, where rows
+    within ``COST_TIE`` of the cheapest count as equally cheap and the highest tau among
+    them wins (variants of the same steps differ in cost by measurement noise only);
+    ``best``: the highest tau among the rankings that are not priors (a NaN tau ranks
+    last), what a report names when nothing passes."""
     passing = [r for r in rows if r["passed"]]
     # CPU seconds (one thread), not wall: on a shared machine the wall time of a trial
     # says more about the other jobs than about the trial
-    default = min(passing, key=lambda r: r["cpu_seconds_per_network"]) if passing else None
+    default = None
+    if passing:
+        cheapest = min(r["cpu_seconds_per_network"] for r in passing)
+        tied = [r for r in passing if r["cpu_seconds_per_network"] <= cheapest * (1 + COST_TIE)]
+        default = max(tied, key=lambda r: r["tau"])
     best = max((r for r in rows if r["kind"] != "prior"), key=lambda r: r["tau"] if r["tau"] == r["tau"] else -2,
                default=None)
     return {"default": default and {"variant": default["variant"], "score": default["score"]},
