@@ -235,6 +235,7 @@ def test_a_space_point_and_its_built_in_are_one_network_of_the_table():
     (["--floor", "nofusoin", "fpn", "bifpn"], "unknown built-in graph 'nofusoin'"),
     (["--graphs", "nasfpn:0"], "NAME:REPEAT"),
     (["--graphs", "nasfpn@4"], "NAME@WIDTH"),
+    (["--graphs", "bifpn:2", "--matched", "fpn", "--tolerance", "1.5"], "--tolerance 1.5"),
     (["--workers", "0"], "--workers 0"),
     (["--seeds", "-1"], "seeds must be distinct"),
     (["--floor-seeds", "1", "1"], "seeds must be distinct"),

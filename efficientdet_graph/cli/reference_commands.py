@@ -33,8 +33,8 @@ def register_search(s: argparse._SubParsersAction) -> None:
     q.add_argument("--sample-seed", type=int, default=0, help="seed of those draws")
     q.add_argument("--graphs", nargs="*", default=["nasfpn", "gfpn:1"],
                    help="graphs added to the table: NAME[:REPEAT][@WIDTH], NAME a built-in or a graph file (e.g. "
-                        "one `edg search best` wrote); default repeat and width: the schedule's (GFPN's built-in is "
-                        "already 5 layers deep)")
+                        "one `edg search best` wrote); default repeat: a file's own, else the schedule's; default "
+                        "width: the schedule's (GFPN's built-in is already 5 layers deep)")
     q.add_argument("--matched", nargs="*", default=[], metavar="GRAPH",
                    help="for each --graphs network, these baselines at its feature-network FLOPs (within "
                         "--tolerance), once repeated and once widened (edg search match)")
@@ -262,6 +262,8 @@ def cmd_reference(args: argparse.Namespace) -> int:
             raise _BadArgs(f"{flag} {' '.join(map(str, seeds))}: seeds must be distinct, 0..2147483647")
     if args.space is None and not args.floor_only and args.sampled:
         args.sampled = 0
+    if not 0 < args.tolerance < 1:
+        raise _BadArgs(f"--tolerance {args.tolerance}: allowed between 0 and 1")
     if len(args.floor) < 3 and args.floor:
         raise _BadArgs("--floor needs the no-fusion neck and at least two fusing networks")
     build = _build(args)
