@@ -12,7 +12,6 @@ from ..search.proxy_scores import SCORES
 
 __all__ = ["register_search"]
 
-SCORE_CHOICES = SCORES
 
 SCORES_FORMAT = ('a JSON object mapping network name (as in the reference table) to score, higher is better, '
                  'e.g. {"fpn": 0.41, "bifpn": 0.45, "nofusion": 0.30, "panet": 0.43}')
@@ -36,7 +35,7 @@ def register_search(s: argparse._SubParsersAction) -> None:
                      help="train the proxy on every network of the table and judge its ranking; KEY=VALUE pairs "
                           "are proxy settings (ProxyConfig fields: epochs=2 trial_images=512 channels=16 ...) laid "
                           "over the reference's own data, backbone, shapes and shared pre-trained backbone")
-    q.add_argument("--score", choices=SCORE_CHOICES, default="map50",
+    q.add_argument("--score", choices=SCORES, default="map50",
                    help="with --proxy: the trial score judged (the others are reported beside it): map50, map, "
                         "val_loss, train_loss (the sum of epoch losses, SoTL), extrapolated (asymptote of the "
                         "mAP@0.5 curve)")
@@ -176,7 +175,7 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         scores = network_scores(trials, args.score)
         print(f"proxy: {len(trials)} trials, median {proxy['median_trial_seconds']:.1f} s each "
               f"({proxy['median_trial_cpu_seconds']:.1f} s CPU) on one core; judged score: {args.score}")
-        for kind in SCORE_CHOICES:
+        for kind in SCORES:
             if kind != args.score:
                 try:
                     other = fidelity(table, network_scores(trials, kind), split=args.split, metric=args.metric,

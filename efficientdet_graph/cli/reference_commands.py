@@ -83,7 +83,7 @@ def cmd_match(args: argparse.Namespace) -> int:
     if not 0 < args.tolerance < 1:
         raise _BadArgs(f"--tolerance {args.tolerance}: allowed between 0 and 1")
     schedule = _schedule(args.schedule)
-    name, repeat, width = _graph_item(args.target, schedule)
+    name, repeat, width = _graph_item(args.target, schedule, flag="TARGET")
     result = match_at_schedule(load_graph(name), repeat, width, [(b, load_graph(b)) for b in args.baselines],
                                schedule, by=args.by, tolerance=args.tolerance)
     print(f"{args.target}: {result['target_flops'] / 1e6:.2f} MFLOPs (multiply-adds) of feature network at "
@@ -185,7 +185,7 @@ def _networks(args: argparse.Namespace, schedule) -> tuple[list, set]:
     return nets, {n.key for n in floor}
 
 
-def _graph_item(item: str, schedule) -> tuple[str, int, int | None]:
+def _graph_item(item: str, schedule, flag: str = "--graphs") -> tuple[str, int, int | None]:
     """``NAME[:REPEAT][@WIDTH]``: a built-in graph or a graph file, its depth (default: a
     graph file's own ``repeat`` -- what ``edg search best`` writes --, else the schedule's)
     and its width (default: the schedule's)."""
@@ -193,7 +193,7 @@ def _graph_item(item: str, schedule) -> tuple[str, int, int | None]:
     name, colon, rep = rest.rpartition(":") if ":" in rest else (rest, "", "")
     if (colon and not (rep.isdigit() and 1 <= int(rep) <= 64)) or (at and not (width.isdigit() and 8 <= int(width)
                                                                                  <= 1024)) or not name:
-        raise _BadArgs(f"--graphs {item!r}: expected NAME, NAME:REPEAT (1..64), NAME@WIDTH (8..1024) or "
+        raise _BadArgs(f"{flag} {item!r}: expected NAME, NAME:REPEAT (1..64), NAME@WIDTH (8..1024) or "
                        "NAME:REPEAT@WIDTH; NAME a built-in graph or a graph file")
     if colon:
         repeat = int(rep)
