@@ -190,6 +190,23 @@ def test_fidelity_cli_refuses_an_unknown_proxy_setting(tmp_path, data):
     assert run.returncode == 2 and "KEY=VALUE" in run.stderr
 
 
+def test_proxy_settings_read_from_text_take_each_fields_type():
+    from efficientdet_graph.errors import SearchError
+    from efficientdet_graph.search.proxy import coerce_proxy_settings
+
+    got = coerce_proxy_settings({"epochs": "2", "flip": "no", "trial_images": "None", "lr": "1e-3",
+                                 "backbone": "tinynet_e", "channels": 48})
+    assert got == {"epochs": 2, "flip": False, "trial_images": None, "lr": 0.001, "backbone": "tinynet_e",
+                   "channels": 48}
+    assert type(got["epochs"]) is int and type(got["lr"]) is float
+    with pytest.raises(SearchError, match="not a"):
+        coerce_proxy_settings({"flip": "maybe"})  # a typo is not silently False
+    with pytest.raises(SearchError, match="not a"):
+        coerce_proxy_settings({"epochs": "two"})
+    with pytest.raises(SearchError, match="did you mean 'trial_images'"):
+        coerce_proxy_settings({"trial_image": "4"})
+
+
 def test_the_default_is_the_cheapest_passing_ranking_and_the_best_is_named_otherwise():
     from efficientdet_graph.search.calibrate import choose
 

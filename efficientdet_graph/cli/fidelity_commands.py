@@ -115,23 +115,15 @@ def _scores(path: str) -> dict[str, float]:
 
 def _proxy_settings(items: list[str]) -> dict:
     """``KEY=VALUE`` pairs as typed ProxyConfig fields; an unknown key names a close one."""
-    from ..errors import close_match
-    from ..search.proxy import ProxyConfig
-    from ..search.study import _coerce
+    from ..search.proxy import coerce_proxy_settings
 
-    fields = ProxyConfig.__dataclass_fields__
-    out = {}
+    pairs = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise SearchError(f"--proxy {item!r}: expected KEY=VALUE, e.g. epochs=2")
-        if key not in fields or key in ("RESULT_NEUTRAL", "DATA_FIELDS"):
-            hint = close_match(key, list(fields))
-            raise SearchError(f"--proxy {key}=...: unknown proxy setting" + (f" (did you mean {hint!r}?)" if hint
-                                                                             else f"; known: {', '.join(fields)}"))
-        out[key] = None if value.lower() == "none" and "None" in str(fields[key].type) else \
-            _coerce(fields[key].type, value)
-    return out
+        pairs[key.strip()] = value.strip()
+    return coerce_proxy_settings(pairs)
 
 
 def _run_proxy(args: argparse.Namespace, doc: dict, table: list[dict]) -> tuple[dict[str, list[dict]], dict]:

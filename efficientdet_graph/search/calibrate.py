@@ -14,6 +14,7 @@ trials without training again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -67,13 +68,20 @@ def _settings_id(cfg: ProxyConfig) -> str:
     key = {k: v for k, v in asdict(cfg).items() if k not in ProxyConfig.RESULT_NEUTRAL}
     key["format"] = CACHE_FORMAT
     if cfg.data != "synthetic":
-        h = hashlib.sha256()
-        for split in ("train", "val"):
-            h.update(split.encode() + Path(resolve_data(cfg.data, split)[0]).read_bytes())
-        key["data"] = h.hexdigest()[:16]
+        files = [Path(resolve_data(cfg.data, split)[0]) for split in ("train", "val")]
+        key["data"] = _annotations_digest(tuple((str(f), f.stat().st_mtime_ns) for f in files))
     if cfg.backbone_weights is not None:
         key["backbone_weights"] = _file_digest(cfg.backbone_weights)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=4)
+def _annotations_digest(files: tuple[tuple[str, int], ...]) -> str:
+    # a calibration asks once per variant; the annotation files are read once per version
+    h = hashlib.sha256()
+    for split, (path, _) in zip(("train", "val"), files):
+        h.update(split.encode() + Path(path).read_bytes())
+    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -296,6 +304,17 @@ def calibrated_proxy(path: str | Path) -> tuple[ProxyConfig, str, str]:
     calibrate --results``): its cheapest proxy row that clears the bar, or where none
     does the one of best tau, on the reference it was calibrated against. Returns the
     proxy, the trial score to maximize and a line saying which it is."""
+    try:
+        stamp = Path(path).stat().st_mtime_ns
+    except OSError:
+        stamp = None  # reported by the read below
+    return _calibrated_proxy(str(path), stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _calibrated_proxy(path: str, stamp: int | None) -> tuple[ProxyConfig, str, str]:
+    # a study start asks for the proxy and its score several times (per worker): one read
+    # per file version (``stamp``), not one per question
     from .variants import get_variant
 
     def read(p: str | Path, what: str) -> dict:

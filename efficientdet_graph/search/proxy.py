@@ -56,7 +56,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import networkx as nx
 import torch
@@ -64,7 +64,7 @@ from torch import nn
 
 from .._io import atomic_write_text, locked
 from ..compile import compile_graph
-from ..errors import EdgError, SpecError
+from ..errors import EdgError, SearchError, SpecError, close_match
 from ..graph import has_all_levels, input_levels, output_levels, unroll
 from ..model import Anchors, load_model, postprocess, save_atomic
 from ..model.adapter import InputAdapter
@@ -77,7 +77,8 @@ from ..train.box_ap import box_ap
 from ..train.targets import Assignment
 from ..train.data import num_categories, seeded_order
 
-__all__ = ["ProxyConfig", "ProxyResult", "ProxyTask", "ProxyModel", "CACHE_FORMAT", "loader_workers"]
+__all__ = ["ProxyConfig", "ProxyResult", "ProxyTask", "ProxyModel", "CACHE_FORMAT", "loader_workers",
+           "proxy_setting_problem", "coerce_proxy_settings"]
 
 CACHE_FORMAT = 2  # bump when the cache's content changes meaning (2: validation targets, for the loss)
 
@@ -185,6 +186,49 @@ class ProxyConfig:
             key["backbone_weights"] = _file_digest(self.backbone_weights)
             key["pretrain_epochs"] = key["pretrain_graph"] = key["pretrain_channels"] = None
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def proxy_setting_problem(key: str) -> str | None:
+    """Why ``key`` is no ProxyConfig setting, naming a close one; None when it is one."""
+    fields = ProxyConfig.__dataclass_fields__
+    if key in fields:
+        return None
+    hint = close_match(key, fields)
+    return f"unknown proxy setting {key!r}" + (f" (did you mean {hint!r}?)" if hint else f"; known: {', '.join(fields)}")
+
+
+def coerce_proxy_settings(given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` with its strings (a command line's ``KEY=VALUE``, a spec's values) turned
+    into each ProxyConfig field's type; ``none`` is None where the field allows it. The
+    one reader of proxy settings, so that a study, ``edg search fidelity`` and a variant
+    read ``epochs=2`` alike."""
+    fields = ProxyConfig.__dataclass_fields__
+    out = {}
+    for key, value in given.items():
+        problem = proxy_setting_problem(key)
+        if problem:
+            raise SearchError(problem)
+        kind = str(fields[key].type)
+        out[key] = _coerce(key, kind, value) if isinstance(value, str) else value
+    return out
+
+
+def _coerce(key: str, kind: str, text: str) -> Any:
+    if text.strip().lower() == "none" and "None" in kind:
+        return None
+    try:
+        if "bool" in kind:
+            flag = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}.get(text.strip().lower())
+            if flag is None:
+                raise ValueError(text)
+            return flag
+        if "int" in kind and "float" not in kind:
+            return int(text)
+        if "float" in kind:
+            return float(text)
+    except ValueError:
+        raise SearchError(f"proxy setting {key}={text!r}: not a {kind}") from None
+    return text
 
 
 def _file_digest(path: str) -> str:

@@ -290,9 +290,8 @@ def study_metric(space: SearchSpace, cfg: StudyConfig) -> str:
 
 
 def _proxy_config(space: SearchSpace, cfg: StudyConfig):
-    from .proxy import ProxyConfig
+    from .proxy import ProxyConfig, coerce_proxy_settings, proxy_setting_problem
 
-    fields = ProxyConfig.__dataclass_fields__
     given = {**space.spec.proxy, **dict(cfg.proxy)}
     if cfg.calibration:  # the calibrated proxy, then only what the command line sets
         from .calibrate import calibrated_proxy
@@ -300,37 +299,19 @@ def _proxy_config(space: SearchSpace, cfg: StudyConfig):
         given = {**asdict(calibrated_proxy(cfg.calibration)[0]), **dict(cfg.proxy)}
     problems = []
     for key in given:
-        if key not in fields:
-            from ..errors import close_match
-
-            hint = close_match(key, list(fields))
-            msg = f"unknown proxy setting {key!r}" + (f" (did you mean {hint!r}?)" if hint else
-                                                        f"; known: {', '.join(fields)}")
-            if key in space.spec.proxy:
-                problems.append(space.source.problem(("proxy", key), msg, key=True))
-            else:
-                raise SearchError(f"--proxy {key}=...: {msg}")
+        msg = proxy_setting_problem(key)
+        if msg is None:
+            continue
+        if key in space.spec.proxy:
+            problems.append(space.source.problem(("proxy", key), msg, key=True))
+        else:
+            raise SearchError(f"--proxy {key}=...: {msg}")
     if problems:
         raise SpecError(problems)
     try:
-        return ProxyConfig(**{k: _coerce(fields[k].type, v) for k, v in given.items()})
+        return ProxyConfig(**coerce_proxy_settings(given))
     except (TypeError, ValueError) as e:
         raise SearchError(f"proxy settings: {e}") from None
-
-
-def _coerce(annotation: Any, value: Any) -> Any:
-    kind = str(annotation)
-    if isinstance(value, str):
-        try:
-            if "int" in kind and "float" not in kind:
-                return int(value)
-            if "float" in kind:
-                return float(value)
-            if "bool" in kind:
-                return value.lower() in ("1", "true", "yes")
-        except ValueError:
-            raise SearchError(f"proxy setting: {value!r} is not a {kind}") from None
-    return value
 
 
 # ---------------------------------------------------------------------------- slots
