@@ -419,10 +419,11 @@ def test_matched_baselines_join_the_table_beside_each_found_network(tmp_path):
     assert _graph_item(str(tmp_path / "found.yaml"), s)[1] == 2  # the file's own depth
     args = argparse.Namespace(floor=[], floor_only=False, graphs=[str(tmp_path / "found.yaml")], matched=["fpn"],
                               tolerance=0.10, space=None, sampled=0, sample_seed=0)
-    nets, floor = _networks(args, s)
+    nets, floor, pairs = _networks(args, s)
     assert not floor and nets[0].name == "foundx2" and nets[0].repeat == 2
     matched = [n for n in nets if n.source == "matched"]
     assert len(matched) == 2 and {n.channels is None for n in matched} == {True, False}  # by depth, by width
+    assert pairs == {nets[0].key: [n.key for n in matched]}  # what the verdicts compare
     in_ch = _backbone_channels(s.backbone, 3, 5)
 
     def flops(g, repeat, width):

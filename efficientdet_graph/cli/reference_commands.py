@@ -149,12 +149,15 @@ def _data(args: argparse.Namespace) -> str:
     return str(root)
 
 
-def _networks(args: argparse.Namespace, schedule) -> tuple[list, set]:
+def _networks(args: argparse.Namespace, schedule) -> tuple[list, set, dict[str, list[str]]]:
+    """The command's networks, the floor's keys, and each --graphs network's key with the
+    keys of the baselines matched to it (--matched)."""
     from ..passes import load_graph
     from ..search.reference import network_from_graph, space_networks
 
     floor = [network_from_graph(g, load_graph(g), schedule.repeat, "graph") for g in args.floor]
     nets, keys = list(floor), {n.key for n in floor}
+    pairs: dict[str, list[str]] = {}
     if not args.floor_only:
         extra = []
         for item in args.graphs:
@@ -163,7 +166,8 @@ def _networks(args: argparse.Namespace, schedule) -> tuple[list, set]:
             label += f"x{repeat}" if repeat != schedule.repeat else ""
             label += f"@{width}" if width else ""
             graph = load_graph(name)
-            extra.append(network_from_graph(label, graph, repeat, "graph", channels=width))
+            found = network_from_graph(label, graph, repeat, "graph", channels=width)
+            extra.append(found)
             if args.matched:  # the baselines at this network's FLOPs, by depth and by width
                 from ..search.compare import match_at_schedule
 
@@ -174,15 +178,17 @@ def _networks(args: argparse.Namespace, schedule) -> tuple[list, set]:
                         raise _BadArgs(f"--matched {row['graph']}: no depth or width of it is within "
                                        f"{100 * args.tolerance:.0f}% of {label}'s FLOPs (closest: {row['item']}, "
                                        f"{row['diff_pct']:+.1f}%)")
-                    extra.append(network_from_graph(row["item"], load_graph(row["graph"]), row["repeat"], "matched",
-                                                    channels=row["channels"] if row["channels"] != schedule.channels
-                                                    else None))
+                    base = network_from_graph(row["item"], load_graph(row["graph"]), row["repeat"], "matched",
+                                              channels=row["channels"] if row["channels"] != schedule.channels
+                                              else None)
+                    extra.append(base)
+                    pairs.setdefault(found.key, []).append(base.key)
         space = space_networks(args.space, args.sampled, args.sample_seed) if args.space else []
         for net in extra + space:
             if net.key not in keys:  # the space's fpn/panet/bifpn points are the floor's networks
                 keys.add(net.key)
                 nets.append(net)
-    return nets, {n.key for n in floor}
+    return nets, {n.key for n in floor}, pairs
 
 
 def _graph_item(item: str, schedule, flag: str = "--graphs") -> tuple[str, int, int | None]:
@@ -267,7 +273,7 @@ def cmd_reference(args: argparse.Namespace) -> int:
     if len(args.floor) < 3 and args.floor:
         raise _BadArgs("--floor needs the no-fusion neck and at least two fusing networks")
     build = _build(args)
-    nets, floor_keys = _networks(args, build.schedule)
+    nets, floor_keys, pairs = _networks(args, build.schedule)
     if not args.report:
         # the floor first, and seed-major: the first finished jobs already compare the networks
         floor = [n for n in nets if n.key in floor_keys]
@@ -306,12 +312,13 @@ def cmd_reference(args: argparse.Namespace) -> int:
                 p.join()
             # a child killed mid-job leaves it RUNNING with a dead pid: finish what is left here
             build.work(say=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)), keys=keys)
-    return _report(args, build, [n.name for n in nets if n.key in floor_keys], {n.key for n in nets})
+    return _report(args, build, [n.name for n in nets if n.key in floor_keys], {n.key for n in nets}, pairs)
 
 
-def _report(args: argparse.Namespace, build, floor: list[str], keys: set[str]) -> int:
+def _report(args: argparse.Namespace, build, floor: list[str], keys: set[str], pairs: dict[str, list[str]]) -> int:
     from ..search.reference import gate, summarize
     from ..search.reference_report import write_reference_results
+    from ..search.verdicts import matched_verdicts
 
     # this command's networks only: a --floor-only report of a folder that also holds the
     # full table's jobs shows the floor
@@ -324,8 +331,14 @@ def _report(args: argparse.Namespace, build, floor: list[str], keys: set[str]) -
         print(f"{s['network']:<24} seeds {len(s['seeds'])}  val mAP@0.5 {s['val']['mean']:.3f} "
               f"(sd {s['val']['sd']:.3f})  test {s['test']['mean']:.3f}  fpn FLOPs {s['fpn_flops'] or 0:,}")
     print(f"gate: {json.dumps({k: verdict.get(k) for k in ('passed', 'margin_in_sd', 'spread_in_sd', 'reason')})}")
+    # each found network against its FLOPs-matched baselines, on the split nothing was tuned on
+    verdicts = matched_verdicts(table, pairs, split="test")
+    for v in verdicts:
+        gap = f"gap {v['gap']:+.3f} vs seed ranges {v['found_range']:.3f} / {v['baseline_range']:.3f}" \
+            if "gap" in v and v["found_seeds"] > 1 and v["baseline_seeds"] > 1 else v.get("reason", "")
+        print(f"{v['found']} against {v['baseline']} (test): {v['outcome']} ({gap})")
     if args.results:
-        path = write_reference_results(args.results, build, rows, table, verdict, counts)
+        path = write_reference_results(args.results, build, rows, table, verdict, counts, verdicts)
         print(f"results: {path}")
     if waiting:
         print(f"{waiting} job(s) not finished: run the same command again to go on", file=sys.stderr)

@@ -11,6 +11,7 @@ from typing import Sequence
 
 from .._io import atomic_write_text
 from .compare import provenance
+from .verdicts import verdicts_markdown
 
 __all__ = ["write_reference_results", "markdown_table"]
 
@@ -81,7 +82,9 @@ def _task(data: str) -> dict:
 
 
 def write_reference_results(path: str | Path, build, rows: list[dict], table: list[dict], verdict: dict,
-                            counts: dict) -> Path:
+                            counts: dict, verdicts: Sequence[dict] = ()) -> Path:
+    """The results file (JSON) and its .md table; ``verdicts``: found networks against their
+    matched baselines (``verdicts.matched_verdicts``), kept and shown where there are any."""
     walls = [r["wall_s"] for r in rows if "wall_s" in r]
     doc = {
         **provenance(),
@@ -93,11 +96,13 @@ def write_reference_results(path: str | Path, build, rows: list[dict], table: li
                  "total_job_s": round(sum(walls), 1), "threads_per_job": build.schedule.threads},
         "gate": verdict,
         "table": table,
+        **({"verdicts": list(verdicts)} if verdicts else {}),
         "runs": [{k: v for k, v in r.items() if k != "graph_yaml"} for r in rows],  # the table holds each graph
         "failed": [{"key": t.user_attrs.get("edg_key"), "reason": t.user_attrs.get("edg_reason")}
                    for t in build.queue.failed()],
     }
     path = Path(path)
     atomic_write_text(path, json.dumps(_clean(doc), indent=1) + "\n")
-    atomic_write_text(path.with_suffix(".md"), markdown_table(table, verdict) + per_class_table(table, rows))
+    atomic_write_text(path.with_suffix(".md"), markdown_table(table, verdict) + verdicts_markdown(verdicts)
+                      + per_class_table(table, rows))
     return path

@@ -1,0 +1,69 @@
+"""Win, tie or loss of a network against a baseline, judged on seeds.
+
+A found network "beats" a baseline only where the gap between their seed means exceeds
+both seed ranges (max - min over seeds): a gap inside either network's own seed spread
+is what re-training with another seed could reverse, so it is a tie. The same rule,
+mirrored, calls a loss. Fewer than two seeds on a side has no range, so no verdict.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Mapping, Sequence
+
+__all__ = ["seed_verdict", "matched_verdicts", "verdicts_markdown"]
+
+
+def seed_verdict(found: Sequence[float], baseline: Sequence[float]) -> dict:
+    """``outcome`` (win / tie / loss / undecided) of ``found`` against ``baseline``, with the
+    gap of the means and each side's seed range."""
+    found, baseline = [float(x) for x in found], [float(x) for x in baseline]
+    out = {"found_mean": statistics.fmean(found) if found else math.nan,
+           "baseline_mean": statistics.fmean(baseline) if baseline else math.nan,
+           "found_range": max(found) - min(found) if found else math.nan,
+           "baseline_range": max(baseline) - min(baseline) if baseline else math.nan,
+           "found_seeds": len(found), "baseline_seeds": len(baseline)}
+    out["gap"] = out["found_mean"] - out["baseline_mean"]
+    if len(found) < 2 or len(baseline) < 2:
+        return {**out, "outcome": "undecided", "reason": "needs at least 2 seeds on each side"}
+    bar = max(out["found_range"], out["baseline_range"])
+    out["bar"] = bar
+    out["outcome"] = "win" if out["gap"] > bar else "loss" if -out["gap"] > bar else "tie"
+    return out
+
+
+def matched_verdicts(table: Sequence[Mapping], pairs: Mapping[str, Sequence[str]], split: str = "test") -> list[dict]:
+    """For each found network and each baseline matched to it (``pairs``: network key ->
+    baseline keys), the verdict on ``split``. ``table`` rows as ``reference.summarize``
+    writes them; a network not trained yet is ``undecided``."""
+    rows = {r["key"]: r for r in table}
+    out = []
+    for found, baselines in pairs.items():
+        for base in baselines:
+            names = {"found": rows[found]["network"] if found in rows else found,
+                     "baseline": rows[base]["network"] if base in rows else base, "split": split}
+            if found not in rows or base not in rows:
+                out.append({**names, "outcome": "undecided", "reason": "not trained yet"})
+                continue
+            out.append({**names, **seed_verdict(rows[found][split]["values"], rows[base][split]["values"])})
+    return out
+
+
+def _f(x: float) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:.3f}"
+
+
+def verdicts_markdown(verdicts: Sequence[Mapping]) -> str:
+    if not verdicts:
+        return ""
+    lines = ["", "Found networks against their FLOPs-matched baselines (a win or a loss only where the gap of "
+                 "the seed means exceeds both seed ranges):", "",
+             "| found | baseline | split | found mean (range) | baseline mean (range) | gap | outcome |",
+             "|---|---|---|---|---|---|---|"]
+    for v in verdicts:
+        lines.append(f"| {v['found']} | {v['baseline']} | {v['split']} | {_f(v.get('found_mean', math.nan))} "
+                     f"({_f(v.get('found_range', math.nan))}) | {_f(v.get('baseline_mean', math.nan))} "
+                     f"({_f(v.get('baseline_range', math.nan))}) | {_f(v.get('gap', math.nan))} | "
+                     f"{v['outcome']} |")
+    return "\n".join(lines) + "\n"
