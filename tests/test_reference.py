@@ -103,6 +103,28 @@ def test_killed_build_restarted_finishes_every_job_exactly_once(data, tmp_path):
     assert third.returncode == 0 and len(_trials(out)) == len(trials)
 
 
+def test_a_job_stopped_and_resumed_reports_the_seconds_of_both_attempts(data, tmp_path):
+    out = tmp_path / "stopped"
+    cmd = _command(data, out, "--schedule", "epochs=12", seeds=("0",))  # the later epochs= wins
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        stopped = _wait_running(out, first.pid)
+        time.sleep(2.0)  # into the training loop, whose SIGTERM handler finishes the step and saves
+        os.kill(first.pid, signal.SIGTERM)
+        first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert again.returncode == 0, again.stderr[-2000:]
+    trials = _trials(out)
+    (before,) = [t for t in trials if t.number == stopped]
+    assert before.user_attrs["edg_status"] == "interrupted", before.user_attrs
+    (retry,) = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("edg_retry_of") == stopped]
+    # the first attempt ran >= 2 s before the stop; the sum counts it, the last attempt alone does not
+    assert retry.user_attrs["wall_s_all_attempts"] >= retry.user_attrs["wall_s"] + 1.5
+
+
 def _builders_finish_every_job_once(cmds: list[list[str]], out: Path) -> tuple[list[subprocess.Popen], set[str]]:
     """Run the builders to the end; every one of the 6 jobs finished exactly once. Returns
     the builders and the pids that trained the jobs."""

@@ -315,10 +315,7 @@ def run_job(spec: dict, data: str, job_dir: Path, init: Path | None = None, quie
     the row records the device."""
     import torch
 
-    from ..model import load_model
-    from ..profile import profile_model
-    from ..train import TrainConfig, evaluate, train
-    from ..train.data import Augment, num_categories, resolve_data
+    from ..train.data import num_categories, resolve_data
 
     schedule = Schedule(**spec["schedule"])
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -327,6 +324,29 @@ def run_job(spec: dict, data: str, job_dir: Path, init: Path | None = None, quie
     atomic_write_text(job_dir / "model.yaml", model_yaml(Network(**spec["network"]), schedule, num_classes))
     torch.set_num_threads(schedule.threads)
     t0 = time.perf_counter()
+    # the job's cost across attempts: an attempt stopped by a signal or an error adds its
+    # seconds here on the way out (a SIGKILL's are lost), and the finishing one reports the sum
+    spent_file = job_dir / "spent.json"
+    try:
+        before = float(json.loads(spent_file.read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        before = 0.0
+    try:
+        return _train_and_score(spec, schedule, data, job_dir, init, quiet, device, t0, before)
+    except BaseException:
+        atomic_write_text(spent_file, json.dumps({"seconds": round(before + time.perf_counter() - t0, 1)}))
+        raise
+
+
+def _train_and_score(spec: dict, schedule: Schedule, data: str, job_dir: Path, init: Path | None, quiet: bool,
+                     device: str, t0: float, before: float) -> tuple[float, dict]:
+    import torch
+
+    from ..model import load_model
+    from ..profile import profile_model
+    from ..train import TrainConfig, evaluate, train
+    from ..train.data import Augment
+
     cfg = TrainConfig(model=str(job_dir / "model.yaml"), data=data, out=str(job_dir), epochs=schedule.epochs,
                       batch_size=schedule.batch_size, lr=schedule.lr, backbone_lr=schedule.backbone_lr,
                       backbone_lr_epochs=schedule.backbone_lr_epochs,
@@ -359,6 +379,7 @@ def run_job(spec: dict, data: str, job_dir: Path, init: Path | None = None, quie
         "flops": int(prof.flops), "params": int(prof.params),
         "fpn_flops": int(prof.components["fpn"]["flops"]), "fpn_params": int(prof.components["fpn"]["params"]),
         "wall_s": round(time.perf_counter() - t0, 1), "threads": schedule.threads,
+        **({"wall_s_all_attempts": round(before + time.perf_counter() - t0, 1)} if before else {}),
         "device": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu",
     }
     return float(val.get("map50", 0.0)), attrs
@@ -427,7 +448,8 @@ class ReferenceBuild:
                          "graph_yaml": spec.get("graph_yaml"),
                          "params_space": net["params"], "seed": spec["seed"], "attempt": t.user_attrs.get("edg_attempt", 1),
                          **{k: t.user_attrs[k] for k in ("val", "test", "flops", "params", "fpn_flops", "fpn_params",
-                                                         "wall_s", "threads", "device") if k in t.user_attrs}})
+                                                         "wall_s", "wall_s_all_attempts", "threads", "device")
+                            if k in t.user_attrs}})
         return sorted(rows, key=lambda r: (r["network"], r["seed"]))
 
 

@@ -86,6 +86,8 @@ def write_reference_results(path: str | Path, build, rows: list[dict], table: li
     """The results file (JSON) and its .md table; ``verdicts``: found networks against their
     matched baselines (``verdicts.matched_verdicts``), kept and shown where there are any."""
     walls = [r["wall_s"] for r in rows if "wall_s" in r]
+    # a resumed job's cost is its attempts' sum where they recorded it (a SIGKILLed attempt cannot)
+    spent = [r.get("wall_s_all_attempts", r["wall_s"]) for r in rows if "wall_s" in r]
     doc = {
         **provenance(),
         # backbone_init: what a proxy calibrated on this table freezes (edg search fidelity --proxy)
@@ -93,7 +95,8 @@ def write_reference_results(path: str | Path, build, rows: list[dict], table: li
         "schedule": asdict(build.schedule),
         "jobs": counts,
         "cost": {"jobs_done": len(walls), "median_job_s": statistics.median(walls) if walls else None,
-                 "total_job_s": round(sum(walls), 1), "threads_per_job": build.schedule.threads},
+                 "total_job_s": round(sum(spent), 1), "threads_per_job": build.schedule.threads,
+                 "resumed_jobs": sum(1 for r in rows if r.get("attempt", 1) > 1)},
         "gate": verdict,
         "table": table,
         **({"verdicts": list(verdicts)} if verdicts else {}),
