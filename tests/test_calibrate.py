@@ -262,7 +262,11 @@ def test_calibrate_cli_judges_variants_zero_cost_and_priors_in_one_table(tmp_pat
     got = {(r["kind"], r["variant"], r["score"]) for r in doc["rows"]}
     assert got == {("prior", "flops", "flops"), ("prior", "params", "params"), ("zero-cost", "entropy", "entropy"),
                    *{("proxy", "images", s) for s in SCORES if s != "extrapolated"}}
-    assert (doc["default"] is not None) == (run.returncode == 0)
+    assert (doc["default"] is not None and doc["speed"]["passed"]) == (run.returncode == 0)
+    if doc["default"]:  # the chosen row's median trial, as its trial log holds it
+        row = next(r for r in doc["rows"] if (r["variant"], r["score"]) == (doc["default"]["variant"],
+                                                                           doc["default"]["score"]))
+        assert doc["speed"]["trial_cpu_s"] == row["cpu_seconds_per_trial"]
     # the priors on this hand-made table: FLOPs rise with the reference, parameters fall
     flops = next(r for r in doc["rows"] if r["variant"] == "flops")
     params = next(r for r in doc["rows"] if r["variant"] == "params")
@@ -270,6 +274,17 @@ def test_calibrate_cli_judges_variants_zero_cost_and_priors_in_one_table(tmp_pat
     assert "| proxy: images | map50 |" in (tmp_path / "cal.md").read_text()
     proxy_row = next(r for r in doc["rows"] if r["kind"] == "proxy")
     assert set(proxy_row["trial_phases_median_s"]) == {"setup", "batches", "forward", "backward", "evaluate"}
+
+
+def test_fast_enough_to_search_means_20_cpu_seconds_and_a_tenth_of_a_reference_job():
+    from efficientdet_graph.search.calibrate import speed
+
+    ok = speed(15.0, 548.0)  # 3600 / 15 = 240 trials an hour; 15 / 548 = 2.7% of a job
+    assert ok["trials_per_hour_per_core"] == 240.0 and ok["share_of_reference_job"] == pytest.approx(0.02737, abs=1e-5)
+    assert ok["passed"]
+    assert not speed(25.0, 548.0)["passed"]  # over 20 s
+    assert not speed(15.0, 100.0)["passed"]  # 15% of a (short) reference job
+    assert speed(15.0, None)["passed"] and speed(15.0, None)["share_of_reference_job"] is None
 
 
 def _calibration(tmp_path, data, rows):

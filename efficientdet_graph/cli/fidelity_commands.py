@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 from ..errors import SearchError
@@ -256,4 +257,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         atomic_write_text(args.results, json.dumps(_clean(out), indent=1) + "\n")
         atomic_write_text(Path(args.results).with_suffix(".md"), table)
         print(f"results: {args.results}")
+    if result["default"] and result["speed"] and not result["speed"]["passed"]:
+        print("the default proxy is too slow to search (see its speed line): a cheaper variant must pass",
+              file=sys.stderr)
+        return 1
     return 0 if result["default"] else 1

@@ -28,7 +28,7 @@ from ..errors import SearchError
 from .proxy import ProxyConfig
 
 __all__ = ["reference_proxy", "TrialLog", "score_table", "network_scores", "zero_cost_table", "calibrate", "choose",
-           "markdown", "calibrated_proxy"]
+           "markdown", "calibrated_proxy", "speed", "MAX_TRIAL_S", "MAX_JOB_SHARE"]
 
 
 def reference_proxy(doc: Mapping, settings: Mapping) -> ProxyConfig:
@@ -56,6 +56,10 @@ def reference_proxy(doc: Mapping, settings: Mapping) -> ProxyConfig:
 
 #: rows within this fraction of the cheapest passing row's CPU seconds tie on cost
 COST_TIE = 0.10
+#: fast enough to search (issue 18): a median trial within 20 CPU s of one thread and a
+#: tenth of a reference job
+MAX_TRIAL_S = 20.0
+MAX_JOB_SHARE = 0.10
 
 
 def _settings_id(cfg: ProxyConfig) -> str:
@@ -252,8 +256,24 @@ def calibrate(doc: Mapping, variants: Sequence, zero_cost: Sequence[str], cache_
             result = fidelity(table, network_scores(trials, score), split=split, n_boot=n_boot, seed=seed)
             add("proxy", v.name, score, result, "proxy", seconds, cpu, dict(v.settings, seeds=v.seeds))
             rows[-1]["trial_phases_median_s"] = phases
+            rows[-1]["cpu_seconds_per_trial"] = statistics.median(t["cpu_seconds"] for t in trials)
+    chosen = choose(rows)
+    job_s = (doc.get("cost") or {}).get("median_job_s")
+    pick = next((r for r in rows if chosen["default"] and r["kind"] == "proxy"
+                 and (r["variant"], r["score"]) == (chosen["default"]["variant"], chosen["default"]["score"])), None)
     return {"split": split, "networks": len(table), "n_boot": n_boot, "bootstrap_seed": seed, "rows": rows,
-            **choose(rows)}
+            **chosen, "speed": speed(pick["cpu_seconds_per_trial"], job_s) if pick else None}
+
+
+def speed(trial_cpu_s: float, reference_job_s: float | None) -> dict:
+    """Is a proxy fast enough to search: its median trial at most ``MAX_TRIAL_S`` CPU
+    seconds of one thread and at most ``MAX_JOB_SHARE`` of a reference job (the training
+    it stands in for); with trials per hour per core."""
+    share = trial_cpu_s / reference_job_s if reference_job_s else None
+    return {"trial_cpu_s": trial_cpu_s, "trials_per_hour_per_core": 3600.0 / trial_cpu_s if trial_cpu_s else None,
+            "reference_median_job_s": reference_job_s, "share_of_reference_job": share,
+            "max_trial_s": MAX_TRIAL_S, "max_job_share": MAX_JOB_SHARE,
+            "passed": trial_cpu_s <= MAX_TRIAL_S and (share is None or share <= MAX_JOB_SHARE)}
 
 
 def choose(rows: Sequence[Mapping]) -> dict:
@@ -291,8 +311,14 @@ def markdown(result: Mapping) -> str:
         lines.append(f"| {r['kind']}: {r['variant']} | {r['score']} | {f(r['tau'])} | [{f(lo)}, {f(hi)}] | "
                      f"{f(r['rho'])} | {f(r['top_k_recall'])} | {f(r['cpu_seconds_per_network'])} | "
                      f"{'yes' if r['passed'] else 'no'} |")
-    d = result["default"]
-    lines += ["", f"Default proxy: {d['variant']} scored by {d['score']}." if d else
+    d, sp = result["default"], result.get("speed")
+    if d and sp:
+        share = f", {100 * sp['share_of_reference_job']:.1f}% of a reference job" if sp["share_of_reference_job"] else ""
+        d = {**d, "speed": f" Its median trial: {sp['trial_cpu_s']:.1f} CPU s of one thread, "
+                           f"{sp['trials_per_hour_per_core']:.0f} trials per hour per core{share} "
+                           f"({'fast enough' if sp['passed'] else 'TOO SLOW'}: at most {sp['max_trial_s']:.0f} s "
+                           f"and {100 * sp['max_job_share']:.0f}% of a job)."}
+    lines += ["", f"Default proxy: {d['variant']} scored by {d['score']}.{d.get('speed', '')}" if d else
               "No ranking clears the bar (tau >= 0.6, interval's lower bound >= 0.3, above FLOPs and params only); "
               f"the best is {result['best']['variant']} / {result['best']['score']} at tau "
               f"{result['best']['tau']:.3f}." if result["best"] else "No ranking was judged."]
