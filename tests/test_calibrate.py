@@ -323,14 +323,44 @@ def test_a_study_with_a_calibration_trains_its_proxy_and_maximizes_its_score(tmp
     assert all(t.user_attrs["edg_metric"] < 0 for t in done)
 
 
+def test_a_study_on_a_two_seed_calibration_scores_each_network_by_the_mean_of_two_trials(tmp_path, data):
+    import optuna
+
+    from efficientdet_graph.graph import build_graph
+    from efficientdet_graph.spec import load_spec_text
+    from efficientdet_graph.search.study import StudyConfig, _proxy_config, run_worker
+    from efficientdet_graph.search.space import load_space
+
+    cal = _calibration(tmp_path, data, [("proxy", "two-seeds", "val_loss", 0.9, True, 30.0),
+                                        ("proxy", "epochs", "val_loss", 0.4, False, 15.0)])
+    cfg = StudyConfig(space="bifpn_edges", out=str(tmp_path / "run"), trials=1, sampler="random", seed_points=False,
+                      calibration=str(cal), proxy=(("epochs", "1"), ("batch_size", "4"), ("trial_images", "4")),
+                      quiet=True, proxy_cache=str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    run_worker(cfg)
+    study = optuna.load_study(study_name="bifpn_edges", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "run" / "study.journal"))))
+    (t,) = [t for t in study.trials if t.user_attrs.get("edg_status") == "done"]
+    assert t.user_attrs["edg_seeds"] == 2
+    # the same network trained here with seeds 0 and 1 by the proxy itself: the study's
+    # score is the mean of the two validation losses (negated)
+    graph = build_graph(*load_spec_text(t.user_attrs["edg_graph"], "trial"))
+    graph.graph = {**graph.graph, "outputs": dict(graph.graph["outputs"]), "repeat": t.user_attrs["edg_repeat"]}
+    proxy = _proxy_config(load_space("bifpn_edges"), cfg)
+    task = ProxyTask(proxy, tmp_path / "cache")
+    losses = [task.evaluate(graph, channels=proxy.channels, seed=s).val_loss for s in (0, 1)]
+    assert losses[0] != losses[1]  # two seeds, two different trials
+    assert t.user_attrs["edg_metric"] == pytest.approx(-(losses[0] + losses[1]) / 2, rel=1e-6)
+
+
 def test_a_calibration_without_a_proxy_pick_is_refused(tmp_path, data):
     from efficientdet_graph.errors import SearchError
     from efficientdet_graph.search.calibrate import calibrated_proxy
 
     nothing_passed = [("proxy", "images", "map50", 0.1, False, 12.0), ("proxy", "epochs", "map50", 0.2, False, 14.0),
                       ("prior", "flops", "flops", 0.5, False, 0.0)]
-    cfg, score, how = calibrated_proxy(_calibration(tmp_path, data, nothing_passed))
-    assert (cfg.epochs, score) == (4, "map50") and "best tau" in how  # the proxy of best tau, not the prior
+    cfg, score, how, seeds = calibrated_proxy(_calibration(tmp_path, data, nothing_passed))
+    assert (cfg.epochs, score, seeds) == (4, "map50", 1) and "best tau" in how  # the proxy of best tau, not the prior
     with pytest.raises(SearchError, match="judged no proxy"):
         calibrated_proxy(_calibration(tmp_path, data, [("prior", "flops", "flops", 0.5, False, 0.0)]))
     with pytest.raises(SearchError, match="no such file"):

@@ -325,20 +325,22 @@ def markdown(result: Mapping) -> str:
     return "\n".join(lines) + "\n"
 
 
-def calibrated_proxy(path: str | Path) -> tuple[ProxyConfig, str, str]:
+def calibrated_proxy(path: str | Path) -> tuple[ProxyConfig, str, str, int]:
     """The proxy a study should train, from a calibration results file (``edg search
     calibrate --results``): its cheapest proxy row that clears the bar, or where none
     does the one of best tau, on the reference it was calibrated against. Returns the
-    proxy, the trial score to maximize and a line saying which it is."""
+    proxy, the trial score to maximize, a line saying which it is, and the seeds a trial
+    averages (a variant judged on the mean of two seeds is searched with two)."""
     try:
-        stamp = Path(path).stat().st_mtime_ns
+        st = Path(path).stat()
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)  # a rewrite within the clock's tick changes size or inode
     except OSError:
         stamp = None  # reported by the read below
     return _calibrated_proxy(str(path), stamp)
 
 
 @functools.lru_cache(maxsize=8)
-def _calibrated_proxy(path: str, stamp: int | None) -> tuple[ProxyConfig, str, str]:
+def _calibrated_proxy(path: str, stamp: tuple | None) -> tuple[ProxyConfig, str, str, int]:
     # a study start asks for the proxy and its score several times (per worker): one read
     # per file version (``stamp``), not one per question
     from .variants import get_variant
@@ -371,4 +373,5 @@ def _calibrated_proxy(path: str, stamp: int | None) -> tuple[ProxyConfig, str, s
         raise SearchError(f"calibration {path}: it judged no proxy variant (run edg search calibrate with --variants)")
     variant = get_variant(pick["variant"])
     cfg = reference_proxy(read(doc["reference_file"], "reference"), variant.settings)
-    return cfg, pick["score"], f"{how}, variant {variant.name} scored by {pick['score']} ({path})"
+    return (cfg, pick["score"], f"{how}, variant {variant.name} scored by {pick['score']} ({path})",
+            variant.seeds)

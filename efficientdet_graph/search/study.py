@@ -30,6 +30,7 @@ import math
 import multiprocessing
 import os
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -431,6 +432,12 @@ class Evaluator:
         self.space, self.cfg = space, cfg
         self.base = _proxy_config(space, cfg)
         self.metric = study_metric(space, cfg)
+        # a calibrated proxy judged on the mean of several seeds is searched that way
+        self.seeds = 1
+        if cfg.calibration:
+            from .calibrate import calibrated_proxy
+
+            self.seeds = calibrated_proxy(cfg.calibration)[3]
         self.tasks: dict[int, Any] = {}
 
     def config_for(self, cand: Candidate):
@@ -443,16 +450,21 @@ class Evaluator:
         settings = {k: v for k, v in asdict(cfg).items() if k not in cfg.RESULT_NEUTRAL}
         if self.metric != "map50":  # a shared result cache holds the metric: another one is another result
             settings["_metric"] = self.metric
+        if self.seeds > 1:
+            settings["_seeds"] = self.seeds
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def evaluate(self, cand: Candidate, report: Callable[[int, float], None] | None):
+    def evaluate(self, cand: Candidate, report: Callable[[int, float], None] | None) -> list:
+        """The proxy's results for ``cand``: one per seed (``self.seeds``, from the proxy's
+        own seed up); a per-epoch ``report`` (the pruner's) goes with a single seed only."""
         from .proxy import ProxyTask
 
         cfg = self.config_for(cand)
         if cfg.image_size not in self.tasks:
             self.tasks[cfg.image_size] = ProxyTask(cfg, self.cfg.proxy_cache_dir, search_workers=self.cfg.workers)
-        return self.tasks[cfg.image_size].evaluate(cand.stacked(), channels=cfg.channels, seed=self.base.seed,
-                                                   report=report)
+        return [self.tasks[cfg.image_size].evaluate(cand.stacked(), channels=cfg.channels, seed=self.base.seed + i,
+                                                    report=report if self.seeds == 1 else None)
+                for i in range(self.seeds)]
 
 
 def _objective(study: optuna.Study, space: SearchSpace, cfg: StudyConfig, evaluator: Evaluator,
@@ -556,7 +568,7 @@ def _objective(study: optuna.Study, space: SearchSpace, cfg: StudyConfig, evalua
                 raise optuna.TrialPruned(f"pruned after epoch {epoch} at {metric} {value:.4f}")
 
         try:
-            result = evaluator.evaluate(cand, report if not multi else None)
+            results = evaluator.evaluate(cand, report if not multi else None)
         except optuna.TrialPruned:
             raise
         except EdgError as e:  # the candidate's own failure: a shape error, a diverged loss
@@ -571,9 +583,12 @@ def _objective(study: optuna.Study, space: SearchSpace, cfg: StudyConfig, evalua
             else:
                 finish(trial, "failed", reason=f"{reason} (attempt {attempt} of {MAX_ATTEMPTS}; not retried again)")
             return none
-        score = proxy_score(metric, asdict(result))
-        found = {"metric": score, "map": result.map, "map50": result.map50, "epochs": result.epochs,
-                 "seconds": round(result.seconds, 3), "history": list(result.history)}
+        # several seeds: the mean of each seed's score, as the calibration judged it
+        score = statistics.fmean(proxy_score(metric, asdict(r)) for r in results)
+        found = {"metric": score, "map": statistics.fmean(r.map for r in results),
+                 "map50": statistics.fmean(r.map50 for r in results), "epochs": results[0].epochs,
+                 "seconds": round(sum(r.seconds for r in results), 3), "history": list(results[0].history),
+                 **({"seeds": len(results)} if len(results) > 1 else {})}
         finish(trial, "done", **found)
         cache.put(fingerprint, key, found)
         return values(score, cost.flops)
