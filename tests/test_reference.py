@@ -456,3 +456,15 @@ def test_matched_baselines_join_the_table_beside_each_found_network(tmp_path):
     target = flops(load_graph("bifpn"), 2, 32)
     for n in matched:
         assert abs(flops(load_graph("fpn"), n.repeat, n.channels or 32) - target) <= 0.10 * target
+
+
+def test_the_results_say_whether_test_orders_the_networks_as_search_val_does():
+    from efficientdet_graph.search.reference_report import _splits_agree
+
+    def row(val, test):
+        return {"val": {"n": 2, "mean": val}, "test": {"n": 2, "mean": test}}
+
+    # pairs (a,b) concordant, (a,c) concordant, (b,c) swapped: tau = (2 - 1) / 3
+    got = _splits_agree([row(0.1, 0.1), row(0.2, 0.3), row(0.3, 0.2)])
+    assert got["kendall_tau"] == pytest.approx(1 / 3) and got["max_mean_gap"] == pytest.approx(0.1)
+    assert _splits_agree([row(0.1, 0.1)])["kendall_tau"] is None

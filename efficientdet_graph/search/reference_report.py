@@ -81,6 +81,19 @@ def _task(data: str) -> dict:
     return out
 
 
+def _splits_agree(table: Sequence[dict]) -> dict:
+    """Does the test split order the networks as search-val does: Kendall tau-b of the seed
+    means, and the largest gap between a network's two means."""
+    from .ranking import kendall_tau_b
+
+    both = [s for s in table if s["val"]["n"] and s["test"]["n"]]
+    if len(both) < 2:
+        return {"networks": len(both), "kendall_tau": None, "max_mean_gap": None}
+    return {"networks": len(both),
+            "kendall_tau": kendall_tau_b([s["val"]["mean"] for s in both], [s["test"]["mean"] for s in both]),
+            "max_mean_gap": max(abs(s["val"]["mean"] - s["test"]["mean"]) for s in both)}
+
+
 def write_reference_results(path: str | Path, build, rows: list[dict], table: list[dict], verdict: dict,
                             counts: dict, verdicts: Sequence[dict] = ()) -> Path:
     """The results file (JSON) and its .md table; ``verdicts``: found networks against their
@@ -98,6 +111,7 @@ def write_reference_results(path: str | Path, build, rows: list[dict], table: li
                  "total_job_s": round(sum(spent), 1), "threads_per_job": build.schedule.threads,
                  "resumed_jobs": sum(1 for r in rows if r.get("attempt", 1) > 1)},
         "gate": verdict,
+        "splits_agree": _splits_agree(table),
         "table": table,
         **({"verdicts": list(verdicts)} if verdicts else {}),
         "runs": [{k: v for k, v in r.items() if k != "graph_yaml"} for r in rows],  # the table holds each graph
