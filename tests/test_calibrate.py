@@ -262,11 +262,11 @@ def test_calibrate_cli_judges_variants_zero_cost_and_priors_in_one_table(tmp_pat
     got = {(r["kind"], r["variant"], r["score"]) for r in doc["rows"]}
     assert got == {("prior", "flops", "flops"), ("prior", "params", "params"), ("zero-cost", "entropy", "entropy"),
                    *{("proxy", "images", s) for s in SCORES if s != "extrapolated"}}
-    assert (doc["default"] is not None and doc["speed"]["passed"]) == (run.returncode == 0)
-    if doc["default"]:  # the chosen row's median trial, as its trial log holds it
-        row = next(r for r in doc["rows"] if (r["variant"], r["score"]) == (doc["default"]["variant"],
-                                                                           doc["default"]["score"]))
-        assert doc["speed"]["trial_cpu_s"] == row["cpu_seconds_per_trial"]
+    assert (doc["default"] is not None and doc["study_proxy"]["passed"]) == (run.returncode == 0)
+    # the proxy a study trains, with its row's median trial as its trial log holds it
+    row = next(r for r in doc["rows"] if (r["variant"], r["score"]) == (doc["study_proxy"]["variant"],
+                                                                       doc["study_proxy"]["score"]))
+    assert row["kind"] == "proxy" and doc["study_proxy"]["trial_cpu_s"] == row["cpu_seconds_per_trial"]
     # the priors on this hand-made table: FLOPs rise with the reference, parameters fall
     flops = next(r for r in doc["rows"] if r["variant"] == "flops")
     params = next(r for r in doc["rows"] if r["variant"] == "params")

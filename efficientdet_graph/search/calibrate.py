@@ -28,7 +28,7 @@ from ..errors import SearchError
 from .proxy import ProxyConfig
 
 __all__ = ["reference_proxy", "TrialLog", "score_table", "network_scores", "zero_cost_table", "calibrate", "choose",
-           "markdown", "calibrated_proxy", "speed", "MAX_TRIAL_S", "MAX_JOB_SHARE"]
+           "markdown", "calibrated_proxy", "study_row", "speed", "MAX_TRIAL_S", "MAX_JOB_SHARE"]
 
 
 def reference_proxy(doc: Mapping, settings: Mapping) -> ProxyConfig:
@@ -257,12 +257,13 @@ def calibrate(doc: Mapping, variants: Sequence, zero_cost: Sequence[str], cache_
             add("proxy", v.name, score, result, "proxy", seconds, cpu, dict(v.settings, seeds=v.seeds))
             rows[-1]["trial_phases_median_s"] = phases
             rows[-1]["cpu_seconds_per_trial"] = statistics.median(t["cpu_seconds"] for t in trials)
-    chosen = choose(rows)
     job_s = (doc.get("cost") or {}).get("median_job_s")
-    pick = next((r for r in rows if chosen["default"] and r["kind"] == "proxy"
-                 and (r["variant"], r["score"]) == (chosen["default"]["variant"], chosen["default"]["score"])), None)
+    found = study_row(rows)
+    study = found and {"variant": found[0]["variant"], "score": found[0]["score"], "why": found[1],
+                       **speed(found[0]["cpu_seconds_per_trial"], job_s)}
+    # the proxy a study given this file trains (``calibrated_proxy``), with its speed
     return {"split": split, "networks": len(table), "n_boot": n_boot, "bootstrap_seed": seed, "rows": rows,
-            **chosen, "speed": speed(pick["cpu_seconds_per_trial"], job_s) if pick else None}
+            **choose(rows), "study_proxy": study}
 
 
 def speed(trial_cpu_s: float, reference_job_s: float | None) -> dict:
@@ -282,19 +283,36 @@ def choose(rows: Sequence[Mapping]) -> dict:
     them wins (variants of the same steps differ in cost by measurement noise only);
     ``best``: the highest tau among the rankings that are not priors (a NaN tau ranks
     last), what a report names when nothing passes."""
-    passing = [r for r in rows if r["passed"]]
-    # CPU seconds (one thread), not wall: on a shared machine the wall time of a trial
-    # says more about the other jobs than about the trial
-    default = None
-    if passing:
-        cheapest = min(r["cpu_seconds_per_network"] for r in passing)
-        tied = [r for r in passing if r["cpu_seconds_per_network"] <= cheapest * (1 + COST_TIE)]
-        default = max(tied, key=lambda r: r["tau"])
+    default = _cheapest([r for r in rows if r["passed"]])
     best = max((r for r in rows if r["kind"] != "prior"), key=lambda r: r["tau"] if r["tau"] == r["tau"] else -2,
                default=None)
     return {"default": default and {"variant": default["variant"], "score": default["score"]},
             "best": best and {"variant": best["variant"], "score": best["score"], "tau": best["tau"],
                               "tau_interval": best["tau_interval"]}}
+
+
+def _cheapest(passing: Sequence[Mapping]) -> Mapping | None:
+    # CPU seconds (one thread), not wall: on a shared machine the wall time of a trial
+    # says more about the other jobs than about the trial
+    if not passing:
+        return None
+    cheapest = min(r["cpu_seconds_per_network"] for r in passing)
+    tied = [r for r in passing if r["cpu_seconds_per_network"] <= cheapest * (1 + COST_TIE)]
+    return max(tied, key=lambda r: r["tau"])
+
+
+def study_row(rows: Sequence[Mapping]) -> tuple[Mapping, str] | None:
+    """The proxy row a study trains, and why: the cheapest passing *proxy* row (as
+    ``choose`` picks; a training-free score may be cheaper still, but a study has no trial
+    to give it), else the proxy row of best tau; None where no proxy was judged."""
+    proxies = [r for r in rows if isinstance(r, Mapping) and r.get("kind") == "proxy"]
+    if not proxies:
+        return None
+    default = _cheapest([r for r in proxies if r.get("passed")])
+    if default is not None:
+        return default, "the cheapest proxy that clears the bar"
+    return (max(proxies, key=lambda r: r["tau"] if r["tau"] == r["tau"] else -2),
+            "no proxy cleared the bar: the one of best tau")
 
 
 def markdown(result: Mapping) -> str:
@@ -311,17 +329,17 @@ def markdown(result: Mapping) -> str:
         lines.append(f"| {r['kind']}: {r['variant']} | {r['score']} | {f(r['tau'])} | [{f(lo)}, {f(hi)}] | "
                      f"{f(r['rho'])} | {f(r['top_k_recall'])} | {f(r['cpu_seconds_per_network'])} | "
                      f"{'yes' if r['passed'] else 'no'} |")
-    d, sp = result["default"], result.get("speed")
-    if d and sp:
-        share = f", {100 * sp['share_of_reference_job']:.1f}% of a reference job" if sp["share_of_reference_job"] else ""
-        d = {**d, "speed": f" Its median trial: {sp['trial_cpu_s']:.1f} CPU s of one thread, "
-                           f"{sp['trials_per_hour_per_core']:.0f} trials per hour per core{share} "
-                           f"({'fast enough' if sp['passed'] else 'TOO SLOW'}: at most {sp['max_trial_s']:.0f} s "
-                           f"and {100 * sp['max_job_share']:.0f}% of a job)."}
-    lines += ["", f"Default proxy: {d['variant']} scored by {d['score']}.{d.get('speed', '')}" if d else
+    d, sp = result["default"], result.get("study_proxy")
+    lines += ["", f"Default proxy: {d['variant']} scored by {d['score']}." if d else
               "No ranking clears the bar (tau >= 0.6, interval's lower bound >= 0.3, above FLOPs and params only); "
               f"the best is {result['best']['variant']} / {result['best']['score']} at tau "
               f"{result['best']['tau']:.3f}." if result["best"] else "No ranking was judged."]
+    if sp:
+        share = f", {100 * sp['share_of_reference_job']:.1f}% of a reference job" if sp["share_of_reference_job"] else ""
+        lines += ["", f"A study given this file trains {sp['variant']} scored by {sp['score']} ({sp['why']}). Its "
+                      f"median trial: {sp['trial_cpu_s']:.1f} CPU s of one thread, {sp['trials_per_hour_per_core']:.0f} "
+                      f"trials per hour per core{share} ({'fast enough' if sp['passed'] else 'TOO SLOW'} to search: "
+                      f"at most {sp['max_trial_s']:.0f} s and {100 * sp['max_job_share']:.0f}% of a job)."]
     return "\n".join(lines) + "\n"
 
 
@@ -360,17 +378,10 @@ def _calibrated_proxy(path: str, stamp: tuple | None) -> tuple[ProxyConfig, str,
     rows = doc.get("rows")
     if not isinstance(rows, list) or not doc.get("reference_file"):
         raise SearchError(f"calibration {path}: not an edg search calibrate results file (no rows or reference_file)")
-    # a study trains a proxy: the cheapest passing proxy row (a training-free score may be
-    # cheaper still, but a study has no trial to give it), else the proxy row of best tau
-    proxies = [r for r in rows if isinstance(r, dict) and r.get("kind") == "proxy"]
-    passing = [r for r in proxies if r.get("passed")]
-    if passing:
-        pick, how = min(passing, key=lambda r: r["cpu_seconds_per_network"]), "the cheapest proxy that clears the bar"
-    elif proxies:
-        pick = max(proxies, key=lambda r: r["tau"] if r["tau"] == r["tau"] else -2)
-        how = "no proxy cleared the bar: the one of best tau"
-    else:
+    found = study_row(rows)
+    if found is None:
         raise SearchError(f"calibration {path}: it judged no proxy variant (run edg search calibrate with --variants)")
+    pick, how = found
     variant = get_variant(pick["variant"])
     cfg = reference_proxy(read(doc["reference_file"], "reference"), variant.settings)
     return (cfg, pick["score"], f"{how}, variant {variant.name} scored by {pick['score']} ({path})",
