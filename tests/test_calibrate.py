@@ -287,6 +287,21 @@ def test_fast_enough_to_search_means_20_cpu_seconds_and_a_tenth_of_a_reference_j
     assert speed(15.0, None)["passed"] and speed(15.0, None)["share_of_reference_job"] is None
 
 
+def test_seed_agreement_is_the_tables_own_seed_0_against_seed_1_by_source():
+    from efficientdet_graph.search.calibrate import seed_agreement
+
+    def row(src, a, b):
+        return {"source": src, "val": {"values": [a, b]}}
+
+    table = [row("graph", 0.1, 0.1), row("graph", 0.2, 0.3), row("graph", 0.3, 0.2),  # one swapped pair of 3
+             row("sampled", 0.5, 0.6), row("sampled", 0.6, 0.5), {"source": "sampled", "val": {"values": [0.9]}}]
+    got = seed_agreement(table)
+    assert got["graph"] == {"networks": 3, "kendall_tau": pytest.approx(1 / 3)}
+    assert got["sampled"] == {"networks": 2, "kendall_tau": pytest.approx(-1.0)}  # one seed: left out
+    # all five with two seeds: of 10 pairs, the two swapped ones discordant -> (8 - 2) / 10
+    assert got["all"]["networks"] == 5 and got["all"]["kendall_tau"] == pytest.approx(0.6)
+
+
 def _calibration(tmp_path, data, rows):
     ref = _reference(tmp_path, data)
     path = tmp_path / "cal.json"

@@ -235,10 +235,12 @@ def calibrate(doc: Mapping, variants: Sequence, zero_cost: Sequence[str], cache_
         scores, info = zero_cost_table(doc, table, name, where)
         add("zero-cost", name, name, fidelity(table, scores, split=split, n_boot=n_boot, seed=seed), "proxy",
             info["median_seconds"], info["median_cpu_seconds"], None)
+    trials_of: dict[str, list[dict]] = {}
     for v in variants:
         cfg = reference_proxy(doc, v.settings)
         say(f"variant {v.name}: {v.why}")
         trials, _ = score_table(table, cfg, cache_dir, range(v.seeds), where, say)
+        trials_of[v.name] = trials
         per_net: dict[str, list[float]] = {}
         per_cpu: dict[str, list[float]] = {}
         for t in trials:
@@ -261,9 +263,41 @@ def calibrate(doc: Mapping, variants: Sequence, zero_cost: Sequence[str], cache_
     found = study_row(rows)
     study = found and {"variant": found[0]["variant"], "score": found[0]["score"], "why": found[1],
                        **speed(found[0]["cpu_seconds_per_trial"], job_s)}
+    if found:  # where it ranks well: within each source of networks, beside the table's own seeds
+        study["tau_by_source"] = _tau_by_source(table, network_scores(trials_of[study["variant"]], study["score"]),
+                                                split)
     # the proxy a study given this file trains (``calibrated_proxy``), with its speed
     return {"split": split, "networks": len(table), "n_boot": n_boot, "bootstrap_seed": seed, "rows": rows,
-            **choose(rows), "study_proxy": study}
+            **choose(rows), "study_proxy": study, "seed_agreement": seed_agreement(table, split)}
+
+
+def seed_agreement(table: Sequence[Mapping], split: str = "val") -> dict:
+    """How well the reference reproduces its own order: Kendall tau-b between the values of
+    its first and second seeds, over every network with two, and within each source of
+    networks (``graph``, ``point``, ``sampled``...). No proxy can be expected to rank a
+    group more surely than a second seed of the real training does."""
+    from .ranking import kendall_tau_b
+
+    def tau(rows: list[Mapping]) -> dict:
+        two = [r for r in rows if len(r[split]["values"]) >= 2]
+        t = kendall_tau_b([r[split]["values"][0] for r in two], [r[split]["values"][1] for r in two]) \
+            if len(two) >= 2 else None
+        return {"networks": len(two), "kendall_tau": t}
+
+    sources = sorted({r.get("source", "?") for r in table})
+    return {"all": tau(list(table)), **{src: tau([r for r in table if r.get("source", "?") == src]) for src in sources}}
+
+
+def _tau_by_source(table: Sequence[Mapping], scores: Mapping[str, float], split: str) -> dict:
+    from .ranking import kendall_tau_b
+
+    out = {}
+    for src in sorted({r.get("source", "?") for r in table}):
+        rows = [r for r in table if r.get("source", "?") == src and r["network"] in scores]
+        out[src] = {"networks": len(rows), "kendall_tau": kendall_tau_b([scores[r["network"]] for r in rows],
+                                                                         [r[split]["mean"] for r in rows])
+                    if len(rows) >= 2 else None}
+    return out
 
 
 def speed(trial_cpu_s: float, reference_job_s: float | None) -> dict:
@@ -340,6 +374,16 @@ def markdown(result: Mapping) -> str:
                       f"median trial: {sp['trial_cpu_s']:.1f} CPU s of one thread, {sp['trials_per_hour_per_core']:.0f} "
                       f"trials per hour per core{share} ({'fast enough' if sp['passed'] else 'TOO SLOW'} to search: "
                       f"at most {sp['max_trial_s']:.0f} s and {100 * sp['max_job_share']:.0f}% of a job)."]
+    agree = result.get("seed_agreement")
+    if agree and sp and sp.get("tau_by_source"):
+        lines += ["", "Where it ranks: Kendall tau within each source of networks, beside the reference's own "
+                      "seed 0 against seed 1 (what a second real training run agrees on):", "",
+                  "| networks | count | proxy tau | seed 0 vs seed 1 tau |", "|---|---|---|---|",
+                  f"| all | {result['networks']} | {f(next(r['tau'] for r in result['rows'] if r['kind'] == 'proxy' and (r['variant'], r['score']) == (sp['variant'], sp['score'])))} "
+                  f"| {f(agree['all']['kendall_tau'])} |"]
+        for src, fig in sp["tau_by_source"].items():
+            lines.append(f"| {src} | {fig['networks']} | {f(fig['kendall_tau'])} | "
+                         f"{f((agree.get(src) or {}).get('kendall_tau'))} |")
     return "\n".join(lines) + "\n"
 
 
