@@ -250,6 +250,16 @@ def test_loader_workers_fit_the_cores_left_by_the_search_workers():
     assert loader_workers(2, 2) == 0  # the 2-core machine: 2 search workers, no loader processes
 
 
+def test_each_search_worker_trains_on_its_share_of_the_cores():
+    from efficientdet_graph.search.proxy import trial_threads
+
+    for cores in range(1, 65):
+        for search in range(1, 65):
+            n = trial_threads(search, cores)
+            assert n >= 1 and (search * n <= cores or n == 1), (search, cores, n)
+    assert trial_threads(2, 2) == 1 and trial_threads(1, 2) == 2 and trial_threads(3, 16) == 5
+
+
 # ---------------------------------------------------------------------------- slots and networks
 
 

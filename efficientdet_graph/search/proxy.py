@@ -78,7 +78,7 @@ from ..train.targets import Assignment
 from ..train.data import num_categories, seeded_order
 
 __all__ = ["ProxyConfig", "ProxyResult", "ProxyTask", "ProxyModel", "CACHE_FORMAT", "loader_workers",
-           "proxy_setting_problem", "coerce_proxy_settings"]
+           "proxy_setting_problem", "coerce_proxy_settings", "trial_threads"]
 
 CACHE_FORMAT = 2  # bump when the cache's content changes meaning (2: validation targets, for the loss)
 
@@ -265,6 +265,15 @@ def loader_workers(search_workers: int = 1, cores: int | None = None) -> int:
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(0, min(2, (cores - search_workers) // max(1, search_workers)))
+
+
+def trial_threads(search_workers: int = 1, cores: int | None = None) -> int:
+    """torch threads of one search worker's trials: the cores shared out among the local
+    workers. Left at torch's default (every core) in each, 2 workers on 2 cores ran 4
+    compute threads whose OpenMP waits made a trial take 5 times its CPU seconds."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, search_workers))
 
 
 class ProxyModel(nn.Module):

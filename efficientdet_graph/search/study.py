@@ -727,6 +727,19 @@ def run_worker(cfg: StudyConfig, log: Callable[[str], None] | None = None, poll:
 
 
 def _take_trials(cfg: StudyConfig, log: Callable[[str], None] | None, poll: float) -> dict:
+    import torch
+
+    from .proxy import trial_threads
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(trial_threads(cfg.workers))  # this worker's share of the cores
+    try:
+        return _take_trials_with(cfg, log, poll)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _take_trials_with(cfg: StudyConfig, log: Callable[[str], None] | None, poll: float) -> dict:
     say = log or (lambda text: None if cfg.quiet else print(text, flush=True))
     study, space = open_study(cfg)
     evaluator = Evaluator(space, cfg)
