@@ -175,7 +175,8 @@ def test_fidelity_cli_trains_the_proxy_on_every_network_once(tmp_path, data):
     assert all(len(t["history"]) == 1 and len(t["train_losses"]) == 1 for t in trials)
     for t in trials:  # where a trial's time went: the phases are disjoint parts of its wall time
         assert set(t["phases"]) == {"setup", "batches", "forward", "backward", "evaluate"}
-        assert 0 < sum(t["phases"].values()) <= t["seconds"] + 1e-3
+        # each of the 5 phases is rounded to 1 ms: their sum may pass the total by 2.5 ms
+        assert 0 < sum(t["phases"].values()) <= t["seconds"] + 5 * 0.0005 + 1e-9
     assert set(doc["other_scores"]) == set(SCORES) - {"map50"}
     # again, judging another score: every trial comes from the log, nothing is trained
     run = _fidelity(ref, tmp_path, *settings, "--score", "val_loss")
@@ -257,7 +258,7 @@ def test_calibrate_cli_judges_variants_zero_cost_and_priors_in_one_table(tmp_pat
     run = subprocess.run([sys.executable, "-m", "efficientdet_graph", "search", "calibrate", str(ref), "--variants",
                           "images", "--zero-cost", "entropy", "--cache", str(tmp_path / "cache"), "--n-boot", "100",
                           "--results", str(out)], capture_output=True, text=True, timeout=600)
-    assert run.returncode in (0, 1), run.stderr[-2000:]
+    assert run.returncode in (0, 1) and "Traceback" not in run.stderr and out.exists(), run.stderr[-2000:]
     doc = json.loads(out.read_text())
     got = {(r["kind"], r["variant"], r["score"]) for r in doc["rows"]}
     assert got == {("prior", "flops", "flops"), ("prior", "params", "params"), ("zero-cost", "entropy", "entropy"),

@@ -295,7 +295,8 @@ def _tau_by_source(table: Sequence[Mapping], scores: Mapping[str, float], split:
     for src in sorted({r.get("source", "?") for r in table}):
         rows = [r for r in table if r.get("source", "?") == src and r["network"] in scores]
         out[src] = {"networks": len(rows), "kendall_tau": kendall_tau_b([scores[r["network"]] for r in rows],
-                                                                         [r[split]["mean"] for r in rows])
+                                                                         [statistics.fmean(r[split]["values"])
+                                                                          for r in rows])
                     if len(rows) >= 2 else None}
     return out
 

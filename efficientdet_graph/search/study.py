@@ -567,6 +567,7 @@ def _objective(study: optuna.Study, space: SearchSpace, cfg: StudyConfig, evalua
                 finish(trial, "pruned", metric=value, epochs=epoch)
                 raise optuna.TrialPruned(f"pruned after epoch {epoch} at {metric} {value:.4f}")
 
+        c0 = time.process_time()
         try:
             results = evaluator.evaluate(cand, report if not multi else None)
         except optuna.TrialPruned:
@@ -587,7 +588,9 @@ def _objective(study: optuna.Study, space: SearchSpace, cfg: StudyConfig, evalua
         score = statistics.fmean(proxy_score(metric, asdict(r)) for r in results)
         found = {"metric": score, "map": statistics.fmean(r.map for r in results),
                  "map50": statistics.fmean(r.map50 for r in results), "epochs": results[0].epochs,
-                 "seconds": round(sum(r.seconds for r in results), 3), "history": list(results[0].history),
+                 "seconds": round(sum(r.seconds for r in results), 3),
+                 # the process's CPU seconds (all its threads): what the trial cost, however shared the cores
+                 "cpu_seconds": round(time.process_time() - c0, 2), "history": list(results[0].history),
                  **({"seeds": len(results)} if len(results) > 1 else {})}
         finish(trial, "done", **found)
         cache.put(fingerprint, key, found)
@@ -783,7 +786,8 @@ def summary(study: optuna.Study, cfg: StudyConfig) -> dict:
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
     if starts and ends:
         out["wall_seconds"] = round((max(ends) - min(starts)).total_seconds(), 1)
-    for key, name in (("edg_seconds", "proxy_seconds"), ("edg_cost_ms", "cost_ms")):
+    for key, name in (("edg_seconds", "proxy_seconds"), ("edg_cpu_seconds", "proxy_cpu_seconds"),
+                      ("edg_cost_ms", "cost_ms")):
         values = sorted(float(t.user_attrs[key]) for t in trials if key in t.user_attrs)
         if values:
             out[f"{name}_median"] = values[len(values) // 2]
