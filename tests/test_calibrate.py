@@ -381,6 +381,13 @@ def test_a_calibration_without_a_proxy_pick_is_refused(tmp_path, data):
         calibrated_proxy(_calibration(tmp_path, data, [("prior", "flops", "flops", 0.5, False, 0.0)]))
     with pytest.raises(SearchError, match="no such file"):
         calibrated_proxy(tmp_path / "nope.json")
+    # a hand-edited row: a tau that is no number is a clear error, not a traceback
+    with pytest.raises(SearchError, match="numeric tau"):
+        calibrated_proxy(_calibration(tmp_path, data, [("proxy", "epochs", "map50", "high", False, 14.0)]))
+    # a NaN tau (written as null) ranks last, not in the way
+    _, score, _, _ = calibrated_proxy(_calibration(tmp_path, data, [("proxy", "epochs", "map50", None, False, 14.0),
+                                                                    ("proxy", "images", "val_loss", 0.1, False, 12.0)]))
+    assert score == "val_loss"
 
 
 def test_a_trial_is_scored_as_pycocotools_scores_it(tmp_path, data, monkeypatch):

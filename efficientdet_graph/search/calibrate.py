@@ -336,6 +336,10 @@ def _cheapest(passing: Sequence[Mapping]) -> Mapping | None:
     return max(tied, key=lambda r: r["tau"])
 
 
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def study_row(rows: Sequence[Mapping]) -> tuple[Mapping, str] | None:
     """The proxy row a study trains, and why: the cheapest passing *proxy* row (as
     ``choose`` picks; a training-free score may be cheaper still, but a study has no trial
@@ -346,7 +350,8 @@ def study_row(rows: Sequence[Mapping]) -> tuple[Mapping, str] | None:
     default = _cheapest([r for r in proxies if r.get("passed")])
     if default is not None:
         return default, "the cheapest proxy that clears the bar"
-    return (max(proxies, key=lambda r: r["tau"] if r["tau"] == r["tau"] else -2),
+    # a NaN tau (written as null) ranks last
+    return (max(proxies, key=lambda r: r["tau"] if _number(r["tau"]) and r["tau"] == r["tau"] else -2),
             "no proxy cleared the bar: the one of best tau")
 
 
@@ -423,6 +428,13 @@ def _calibrated_proxy(path: str, stamp: tuple | None) -> tuple[ProxyConfig, str,
     rows = doc.get("rows")
     if not isinstance(rows, list) or not doc.get("reference_file"):
         raise SearchError(f"calibration {path}: not an edg search calibrate results file (no rows or reference_file)")
+    bad = [i for i, r in enumerate(rows) if isinstance(r, dict) and r.get("kind") == "proxy" and not (
+        _number(r.get("cpu_seconds_per_network")) and (r.get("tau") is None or _number(r.get("tau")))
+        and isinstance(r.get("variant"), str)
+        and isinstance(r.get("score"), str))]
+    if bad:
+        raise SearchError(f"calibration {path}: proxy row {bad[0]} lacks a numeric tau (or null) and cpu_seconds_per_network "
+                          "or a variant and score name (not a file edg search calibrate wrote)")
     found = study_row(rows)
     if found is None:
         raise SearchError(f"calibration {path}: it judged no proxy variant (run edg search calibrate with --variants)")
