@@ -252,13 +252,14 @@ def calibrate(doc: Mapping, variants: Sequence, zero_cost: Sequence[str], cache_
         # the phase timers have none)
         timed = [t["phases"] for t in trials if t.get("phases")]
         phases = {k: round(statistics.median(p[k] for p in timed), 2) for k in timed[0]} if timed else None
+        per_trial = statistics.median(t["cpu_seconds"] for t in trials)
         for score in v.scores or SCORES:
             if score == "extrapolated" and not cfg.score_every_epoch:
                 continue  # one scored epoch: the extrapolated score is mAP@0.5 itself
             result = fidelity(table, network_scores(trials, score), split=split, n_boot=n_boot, seed=seed)
             add("proxy", v.name, score, result, "proxy", seconds, cpu, dict(v.settings, seeds=v.seeds))
             rows[-1]["trial_phases_median_s"] = phases
-            rows[-1]["cpu_seconds_per_trial"] = statistics.median(t["cpu_seconds"] for t in trials)
+            rows[-1]["cpu_seconds_per_trial"] = per_trial
     job_s = (doc.get("cost") or {}).get("median_job_s")
     found = study_row(rows)
     study = found and {"variant": found[0]["variant"], "score": found[0]["score"], "why": found[1],
