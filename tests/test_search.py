@@ -23,7 +23,7 @@ from efficientdet_graph.profile.counter import count_params
 from efficientdet_graph.search import (StudyConfig, candidate_cost, load_space, open_study, point_values,
                                        random_ask, run, sample)
 from efficientdet_graph.search.report import hypervolume
-from efficientdet_graph.search.study import slots, trial_status
+from efficientdet_graph.search.study import optuna_ask, slots, trial_status
 from efficientdet_graph.spec.builtin import builtin_names
 from efficientdet_graph.spec.loader import load_spec_text
 
@@ -254,6 +254,24 @@ def test_same_seed_same_sampler_same_study(study_dir, sampler, trials):
     c = config(study_dir("c"), **{**kw, "seed": 8, "trials": 3})
     run(c)
     assert [t[2] for t in _trace(c)] != [t[2] for t in ta[:3]]
+
+
+def test_a_resumed_study_does_not_replay_its_seeds_draws(study_dir):
+    """A command that joins or resumes a study with the same --seed must draw new networks:
+    a random sampler seeded as at the start re-drew the first trials' networks (found in a
+    60-trial study resumed after 24: 35 distinct networks)."""
+    cfg = config(study_dir("resume"), sampler="random", seed=0, seed_points=False)
+
+    def draw() -> dict:
+        study, space = open_study(cfg)
+        trial = study.ask()
+        sample(space, optuna_ask(trial))
+        return trial.params
+
+    first = draw()
+    again = draw()  # the first trial is still running: a second command joins the study
+    assert first and again
+    assert again != first
 
 
 @pytest.fixture(scope="module")

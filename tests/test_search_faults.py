@@ -280,16 +280,39 @@ def test_extending_a_study_that_left_a_surplus_trial_finishes(proxy_cache, tmp_p
     _check_study(trials, 2)
 
 
+# A two-command study must draw one network twice, whatever seeds its commands sample
+# with (a joining command's sampler is seeded past the trials it finds): a space of one.
+ONE_NETWORK = """\
+name: one_point
+description: One network (a top-down column), so every draw is the same.
+kind: edges
+levels: [3, 7]
+repeat: 1
+defaults: {fusion: sum, op: sep_conv, act: swish}
+metric: map50
+choices: {fusion: [sum], op: [sep_conv]}
+nodes:
+  - {id: T7, level: 7, inputs: [P7_in]}
+  - {id: T6, level: 6, inputs: [P6_in, T7]}
+  - {id: T5, level: 5, inputs: [P5_in, T6]}
+  - {id: T4, level: 4, inputs: [P4_in, T5]}
+  - {id: T3, level: 3, inputs: [P3_in, T4]}
+outputs: {3: T3, 4: T4, 5: T5, 6: T6, 7: T7}
+"""
+
+
 def test_two_workers_given_the_same_network_train_it_once(proxy_cache, tmp_path):
-    """Two commands with one seed draw the same network first; the second starts while
-    the first trains it, waits for it and takes its result."""
+    """Two commands draw the same network (a space of one network); the second starts
+    while the first trains it, waits for it and takes its result."""
     out = _run_dir(proxy_cache, tmp_path / "run")
-    cmd = _command(out, trials=2, epochs=60)  # a long first trial (same --seed 1 for both)
+    space = tmp_path / "one_point.yaml"  # the study is named after the file
+    space.write_text(ONE_NETWORK)
+    cmd = _command(out, trials=2, epochs=60, space=str(space))  # a long first trial
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
     second = None
     try:
-        seen = _await_trial(first, lambda: _trials(_journal(out)) if (out / "study.journal").is_file() else [],
-                            _training, timeout=120)
+        seen = _await_trial(first, lambda: (_trials(_journal(out), "one_point")
+                                            if (out / "study.journal").is_file() else []), _training, timeout=120)
         assert seen is not None, "the first worker was not seen training"
         second = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
         _end(second, timeout=150)
@@ -298,7 +321,7 @@ def test_two_workers_given_the_same_network_train_it_once(proxy_cache, tmp_path)
         for p in (first, second):
             if p is not None and p.poll() is None:
                 _stop_tree(p)
-    trials = _trials(_journal(out))
+    trials = _trials(_journal(out), "one_point")
     _check_study(trials, 2)
     a, b = trials
     assert a.user_attrs["edg_key"] == b.user_attrs["edg_key"]  # one network drawn twice

@@ -39,9 +39,9 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
-def _command(out: Path, trials: int, epochs: int, extra: tuple = ()) -> list[str]:
+def _command(out: Path, trials: int, epochs: int, extra: tuple = (), space: str = "bifpn_edges") -> list[str]:
     proxy = [a for k, v in {**PROXY, "epochs": epochs}.items() for a in ("--proxy", f"{k}={v}")]
-    return [str(EDG), "search", "run", "bifpn_edges", "--trials", str(trials), "--out", str(out), "--sampler",
+    return [str(EDG), "search", "run", space, "--trials", str(trials), "--out", str(out), "--sampler",
             "random", "--no-seed-points", "--quiet", *proxy, *(extra if "--seed" in extra else ("--seed", "1", *extra))]
 
 

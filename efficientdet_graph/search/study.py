@@ -192,6 +192,11 @@ def _load_space(cfg: StudyConfig) -> SearchSpace:
     return space
 
 
+#: a prime: the sampler seed of a command that finds n trials is ``seed + RESUME_SEED_STEP * n``,
+#: away from the ``seed + 7919 * worker`` seeds of the workers of one command
+RESUME_SEED_STEP = 104729
+
+
 def open_study(cfg: StudyConfig) -> tuple[optuna.Study, SearchSpace]:
     """Create the study, or join it when it exists (it must be for the same space and settings)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -207,6 +212,11 @@ def open_study(cfg: StudyConfig) -> tuple[optuna.Study, SearchSpace]:
         storage=storage, study_name=cfg.study_name, directions=directions, load_if_exists=True,
         sampler=make_sampler(cfg.sampler, cfg.seed, multi, constrained, cfg.population), pruner=pruner,
     )
+    if n := len(study.trials):
+        # a resumed or joining command must not replay the stream its --seed drew from the
+        # start (a random sampler re-drew the first trials' networks): seed it past them
+        study.sampler = make_sampler(cfg.sampler, cfg.seed + RESUME_SEED_STEP * n, multi, constrained,
+                                     cfg.population)
     attrs = study.user_attrs
     if "edg_fingerprint" not in attrs:
         study.set_user_attr("edg_fingerprint", fp)
