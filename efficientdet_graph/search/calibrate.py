@@ -277,29 +277,31 @@ def seed_agreement(table: Sequence[Mapping], split: str = "val") -> dict:
     its first and second seeds, over every network with two, and within each source of
     networks (``graph``, ``point``, ``sampled``...). No proxy can be expected to rank a
     group more surely than a second seed of the real training does."""
-    from .ranking import kendall_tau_b
-
     def tau(rows: list[Mapping]) -> dict:
         two = [r for r in rows if len(r[split]["values"]) >= 2]
-        t = kendall_tau_b([r[split]["values"][0] for r in two], [r[split]["values"][1] for r in two]) \
-            if len(two) >= 2 else None
-        return {"networks": len(two), "kendall_tau": t}
+        return _tau_of([r[split]["values"][0] for r in two], [r[split]["values"][1] for r in two])
 
-    sources = sorted({r.get("source", "?") for r in table})
-    return {"all": tau(list(table)), **{src: tau([r for r in table if r.get("source", "?") == src]) for src in sources}}
+    return {"all": tau(list(table)), **_by_source(table, tau)}
 
 
 def _tau_by_source(table: Sequence[Mapping], scores: Mapping[str, float], split: str) -> dict:
+    def tau(rows: list[Mapping]) -> dict:
+        rows = [r for r in rows if r["network"] in scores]
+        return _tau_of([scores[r["network"]] for r in rows], [statistics.fmean(r[split]["values"]) for r in rows])
+
+    return _by_source(table, tau)
+
+
+def _by_source(table: Sequence[Mapping], tau: Callable[[list[Mapping]], dict]) -> dict:
+    """``tau`` of the table's rows of each source of networks."""
+    sources = sorted({r.get("source", "?") for r in table})
+    return {src: tau([r for r in table if r.get("source", "?") == src]) for src in sources}
+
+
+def _tau_of(x: Sequence[float], y: Sequence[float]) -> dict:
     from .ranking import kendall_tau_b
 
-    out = {}
-    for src in sorted({r.get("source", "?") for r in table}):
-        rows = [r for r in table if r.get("source", "?") == src and r["network"] in scores]
-        out[src] = {"networks": len(rows), "kendall_tau": kendall_tau_b([scores[r["network"]] for r in rows],
-                                                                         [statistics.fmean(r[split]["values"])
-                                                                          for r in rows])
-                    if len(rows) >= 2 else None}
-    return out
+    return {"networks": len(x), "kendall_tau": kendall_tau_b(x, y) if len(x) >= 2 else None}
 
 
 def speed(trial_cpu_s: float, reference_job_s: float | None) -> dict:
