@@ -57,3 +57,13 @@ def test_work_with_keys_runs_those_jobs_only_and_returns(queue):
     # without keys, the rest, in order
     n = queue.work(lambda job: (ran.append(job.key) or 1.0, {}), poll=0.05)
     assert ran == ["b", "d", "a", "c", "e"]
+
+
+def test_opening_a_queue_again_writes_nothing_to_its_journal(queue, tmp_path):
+    """Every report (`edg search reference --report`) opens the queue; it used to append a
+    create-study record to the committed journal each time."""
+    journal = tmp_path / "jobs.journal"
+    size = journal.stat().st_size
+    again = JobQueue("q", tmp_path)
+    assert journal.stat().st_size == size
+    assert [again.claim().key for _ in range(5)] == list("abcde")  # the same queue, not a new one

@@ -86,8 +86,12 @@ class JobQueue:
         self._local = is_journal(self.storage)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.study = optuna.create_study(storage=self.storage, study_name=name, load_if_exists=True,
-                                             direction="maximize")
+            try:
+                # load first: a journal's create_study appends a record even when the queue exists
+                self.study = optuna.load_study(storage=self.storage, study_name=name)
+            except KeyError:
+                self.study = optuna.create_study(storage=self.storage, study_name=name, load_if_exists=True,
+                                                 direction="maximize")
 
     # ------------------------------------------------------------------------ adding
 
