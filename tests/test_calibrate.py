@@ -268,11 +268,15 @@ def test_calibrate_cli_judges_variants_zero_cost_and_priors_in_one_table(tmp_pat
     row = next(r for r in doc["rows"] if (r["variant"], r["score"]) == (doc["study_proxy"]["variant"],
                                                                        doc["study_proxy"]["score"]))
     assert row["kind"] == "proxy" and doc["study_proxy"]["trial_cpu_s"] == row["cpu_seconds_per_trial"]
+    assert doc["study_proxy"]["tau"] == row["tau"]
     # the priors on this hand-made table: FLOPs rise with the reference, parameters fall
     flops = next(r for r in doc["rows"] if r["variant"] == "flops")
     params = next(r for r in doc["rows"] if r["variant"] == "params")
     assert flops["tau"] == 1.0 and params["tau"] == -1.0
-    assert "| proxy: images | map50 |" in (tmp_path / "cal.md").read_text()
+    md = (tmp_path / "cal.md").read_text()
+    assert "| proxy: images | map50 |" in md
+    tau = doc["study_proxy"]["tau"]
+    assert f"| all | {doc['networks']} | {tau:.3f} |" in md  # where the study's proxy ranks, beside the seeds
     proxy_row = next(r for r in doc["rows"] if r["kind"] == "proxy")
     assert set(proxy_row["trial_phases_median_s"]) == {"setup", "batches", "forward", "backward", "evaluate"}
 
