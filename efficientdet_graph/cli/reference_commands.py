@@ -312,17 +312,18 @@ def cmd_reference(args: argparse.Namespace) -> int:
                 p.join()
             # a child killed mid-job leaves it RUNNING with a dead pid: finish what is left here
             build.work(say=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)), keys=keys)
-    return _report(args, build, [n.name for n in nets if n.key in floor_keys], {n.key for n in nets}, pairs)
+    return _report(args, build, [n.name for n in nets if n.key in floor_keys], {n.key: n.name for n in nets}, pairs)
 
 
-def _report(args: argparse.Namespace, build, floor: list[str], keys: set[str], pairs: dict[str, list[str]]) -> int:
+def _report(args: argparse.Namespace, build, floor: list[str], names: dict[str, str],
+            pairs: dict[str, list[str]]) -> int:
     from ..search.reference import gate, summarize
     from ..search.reference_report import write_reference_results
     from ..search.verdicts import matched_verdicts
 
     # this command's networks only: a --floor-only report of a folder that also holds the
     # full table's jobs shows the floor
-    rows = [r for r in build.rows() if r["key"] in keys]
+    rows = [r for r in build.rows() if r["key"] in names]
     table = summarize(rows)
     verdict = gate(table, floor=tuple(floor), min_seeds=len(args.floor_seeds)) if floor else {"passed": None}
     counts = build.queue.counts()
@@ -332,7 +333,7 @@ def _report(args: argparse.Namespace, build, floor: list[str], keys: set[str], p
               f"(sd {s['val']['sd']:.3f})  test {s['test']['mean']:.3f}  fpn FLOPs {s['fpn_flops'] or 0:,}")
     print(f"gate: {json.dumps({k: verdict.get(k) for k in ('passed', 'margin_in_sd', 'spread_in_sd', 'reason')})}")
     # each found network against its FLOPs-matched baselines, on the split nothing was tuned on
-    verdicts = matched_verdicts(table, pairs, split="test")
+    verdicts = matched_verdicts(table, pairs, split="test", names=names)
     for v in verdicts:
         gap = f"gap {v['gap']:+.3f} vs seed ranges {v['found_range']:.3f} / {v['baseline_range']:.3f}" \
             if "gap" in v and v["found_seeds"] > 1 and v["baseline_seeds"] > 1 else v.get("reason", "")

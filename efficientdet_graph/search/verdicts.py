@@ -33,20 +33,25 @@ def seed_verdict(found: Sequence[float], baseline: Sequence[float]) -> dict:
     return out
 
 
-def matched_verdicts(table: Sequence[Mapping], pairs: Mapping[str, Sequence[str]], split: str = "test") -> list[dict]:
+def matched_verdicts(table: Sequence[Mapping], pairs: Mapping[str, Sequence[str]], split: str = "test",
+                     names: Mapping[str, str] | None = None) -> list[dict]:
     """For each found network and each baseline matched to it (``pairs``: network key ->
     baseline keys), the verdict on ``split``. ``table`` rows as ``reference.summarize``
-    writes them; a network not trained yet is ``undecided``."""
+    writes them; a network not trained yet is ``undecided``, named by ``names`` (key ->
+    name) while it has no row."""
     rows = {r["key"]: r for r in table}
+
+    def name(key: str) -> str:
+        return rows[key]["network"] if key in rows else (names or {}).get(key, key)
+
     out = []
     for found, baselines in pairs.items():
         for base in baselines:
-            names = {"found": rows[found]["network"] if found in rows else found,
-                     "baseline": rows[base]["network"] if base in rows else base, "split": split}
+            label = {"found": name(found), "baseline": name(base), "split": split}
             if found not in rows or base not in rows:
-                out.append({**names, "outcome": "undecided", "reason": "not trained yet"})
+                out.append({**label, "outcome": "undecided", "reason": "not trained yet"})
                 continue
-            out.append({**names, **seed_verdict(rows[found][split]["values"], rows[base][split]["values"])})
+            out.append({**label, **seed_verdict(rows[found][split]["values"], rows[base][split]["values"])})
     return out
 
 
