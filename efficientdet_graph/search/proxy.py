@@ -258,12 +258,16 @@ class ProxyResult:
     phases: dict = field(default_factory=dict)
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on (its affinity, e.g. under taskset), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def loader_workers(search_workers: int = 1, cores: int | None = None) -> int:
     """DataLoader workers per search worker from the cores left over by the search
     workers themselves: ``search_workers * loader_workers <= cores``, and at most 2
     (the training default). On 2 cores: 1 search worker gets 1, 2 search workers get 0."""
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = _usable_cores() if cores is None else cores
     return max(0, min(2, (cores - search_workers) // max(1, search_workers)))
 
 
@@ -271,8 +275,7 @@ def trial_threads(search_workers: int = 1, cores: int | None = None) -> int:
     """torch threads of one search worker's trials: the cores shared out among the local
     workers. Left at torch's default (every core) in each, 2 workers on 2 cores ran 4
     compute threads whose OpenMP waits made a trial take 5 times its CPU seconds."""
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = _usable_cores() if cores is None else cores
     return max(1, cores // max(1, search_workers))
 
 
