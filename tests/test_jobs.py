@@ -54,6 +54,8 @@ def test_work_with_keys_runs_those_jobs_only_and_returns(queue):
     assert n == 2 and ran == ["b", "d"]
     counts = queue.counts()
     assert counts.get("done") == 2 and counts.get("waiting") == 3
+    # a command's own counts: its jobs only, and those not in the queue yet
+    assert queue.counts({"b", "c", "x", "y"}) == {"done": 1, "waiting": 1, "not queued": 2}
     # without keys, the rest, in order
     n = queue.work(lambda job: (ran.append(job.key) or 1.0, {}), poll=0.05)
     assert ran == ["b", "d", "a", "c", "e"]

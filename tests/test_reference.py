@@ -258,6 +258,7 @@ def test_a_space_point_and_its_built_in_are_one_network_of_the_table():
     (["--graphs", "nasfpn:0"], "NAME:REPEAT"),
     (["--graphs", "nasfpn@4"], "NAME@WIDTH"),
     (["--graphs", "bifpn:2", "--matched", "fpn", "--tolerance", "1.5"], "--tolerance 1.5"),
+    (["--graphs", "bifpn:2", "--match-by", "detector-width"], "name them with --matched"),
     (["--workers", "0"], "--workers 0"),
     (["--seeds", "-1"], "seeds must be distinct"),
     (["--floor-seeds", "1", "1"], "seeds must be distinct"),
@@ -328,6 +329,8 @@ def test_a_floor_only_report_shows_the_floor_not_the_other_jobs_of_the_folder(da
     assert report.returncode == 0, report.stderr[-2000:]
     doc = json.loads(res.read_text())
     assert sorted(r["network"] for r in doc["table"]) == ["bifpn", "fpn", "nofusion"]
+    # its job counts are its own, as its cost is: not nasfpn's job in the same queue
+    assert doc["jobs"] == {"done": 3} and doc["cost"]["jobs_done"] == 3
     # every run keeps the AP50 of each class present in its 4 search-val images
     assert all(sum(k.startswith("ap50/") for k in run["val"]) >= 3 for run in doc["runs"])
     assert "AP@0.5 per class" in res.with_suffix(".md").read_text()
@@ -424,6 +427,43 @@ def test_match_counts_flops_as_the_trained_jobs_measured_them_and_prints_graphs_
     assert all(":" not in i for i in items if "@" in i)
 
 
+def test_detector_flops_equal_what_the_trained_jobs_profiled_and_a_detector_match_takes_the_closest_width(edg, tmp_path):
+    from efficientdet_graph.passes import load_graph
+    from efficientdet_graph.search.compare import detector_flops, match_at_schedule
+    from efficientdet_graph.search.reference import Schedule
+
+    root = Path(__file__).parent.parent
+    # 17 trained networks -- found graphs, stacks, widened baselines -- each profiled on its
+    # built model after training (profile_model), 10 classes
+    table = json.loads((root / "search/results/study-multiscale.json").read_text())["table"]
+    s = Schedule()
+    for r in table:
+        (tmp_path / "g.yaml").write_text(r["graph_yaml"])
+        assert detector_flops(load_graph(str(tmp_path / "g.yaml")), r["repeat"], r.get("channels") or 32, s,
+                              10) == r["flops"], r["network"]
+    found = root / "reference/multiscale/search/best/01_trial35.yaml"
+    m = match_at_schedule(load_graph(str(found)), 1, None, [("bifpn", load_graph("bifpn"))], s,
+                          by=("width", "detector-width"), num_classes=10)
+    measured = {r["network"]: r for r in table}
+    assert m["target_detector_flops"] == measured["01_trial35"]["flops"]
+    by_features, by_detector = m["rows"]
+    assert by_features["item"] == "bifpn@72"  # the width match re-trained so far: a costlier detector
+    assert measured["bifpn@72"]["flops"] > 1.15 * m["target_detector_flops"]
+    w = by_detector["channels"]
+    assert by_detector["on"] == "detector" and w < 72 and by_detector["repeat"] == 1
+    off = {x: abs(detector_flops(load_graph("bifpn"), 1, x, s, 10) - m["target_detector_flops"]) for x in
+           (w - 8, w, w + 8)}
+    assert off[w] < off[w - 8] and off[w] < off[w + 8] and off[w] <= 0.10 * m["target_detector_flops"]
+    code, out, _ = edg("search", "match", str(found), "--baselines", "bifpn", "--by", "detector-width",
+                       "--num-classes", "10")
+    assert code == 0 and f"--graphs bifpn@{w}" in out and "(detector)" in out
+    with pytest.raises(SystemExit) as info:
+        edg("search", "match", "bifpn", "--by", "detector-widht")
+    assert info.value.code == 2
+    code, _, err = edg("search", "match", "bifpn", "--by", "detector-width", "--num-classes", "0")
+    assert code == 2 and "--num-classes 0" in err
+
+
 def test_matched_baselines_join_the_table_beside_each_found_network(tmp_path):
     import argparse
 
@@ -445,7 +485,7 @@ def test_matched_baselines_join_the_table_beside_each_found_network(tmp_path):
     assert not floor and nets[0].name == "foundx2" and nets[0].repeat == 2
     matched = [n for n in nets if n.source == "matched"]
     assert len(matched) == 2 and {n.channels is None for n in matched} == {True, False}  # by depth, by width
-    assert pairs == {nets[0].key: [n.key for n in matched]}  # what the verdicts compare
+    assert pairs == {nets[0].key: {n.key: [w] for n, w in zip(matched, ("depth", "width"))}}  # what verdicts compare
     in_ch = _backbone_channels(s.backbone, 3, 5)
 
     def flops(g, repeat, width):

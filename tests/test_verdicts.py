@@ -34,13 +34,17 @@ def test_one_seed_has_no_range_so_no_verdict():
 
 
 def test_matched_verdicts_pair_found_networks_with_their_baselines_by_key():
-    table = [{"network": "found", "key": "k1", "test": {"values": [0.9, 0.91, 0.92]}},
-             {"network": "bifpn:3", "key": "k2", "test": {"values": [0.80, 0.81, 0.82]}},
+    table = [{"network": "found", "key": "k1", "test": {"values": [0.9, 0.91, 0.92]}, "flops": 53_100_000},
+             {"network": "bifpn:3", "key": "k2", "test": {"values": [0.80, 0.81, 0.82]}, "flops": 55_000_000},
              {"network": "fpn@64", "key": "k3", "test": {"values": [0.90, 0.93, 0.96]}}]
-    got = matched_verdicts(table, {"k1": ["k2", "k3", "k4"]}, names={"k4": "panet:2", "k2": "not used"})
+    pairs = {"k1": {"k2": ["depth", "detector-depth"], "k3": ["width"], "k4": ["depth"]}}
+    got = matched_verdicts(table, pairs, names={"k4": "panet:2", "k2": "not used"})
     # a network not trained yet is named by the command's names; a trained one by its row
     assert [(v["baseline"], v["outcome"]) for v in got] == [("bifpn:3", "win"), ("fpn@64", "tie"),
                                                            ("panet:2", "undecided")]
-    assert matched_verdicts(table, {"k1": ["k4"]})[0]["baseline"] == "k4"  # no name known: its key
+    assert matched_verdicts(table, {"k1": {"k4": ["width"]}})[0]["baseline"] == "k4"  # no name known: its key
     md = verdicts_markdown(got)
-    assert "| found | bifpn:3 | test | 0.910 (0.020) | 0.810 (0.020) | 0.100 | win |" in md
+    # one baseline matched two ways is one verdict; each side's whole-detector MFLOPs beside it
+    assert ("| found | bifpn:3 | depth, detector-depth | 53.1 / 55.0 | test | 3 / 3 | 0.910 (0.020) | "
+            "0.810 (0.020) | 0.100 | win |") in md
+    assert "| found | panet:2 | depth | 53.1 / – | test | – |" in md

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import EdgError
+from ..search.verdicts import MATCH_WAYS
 
 __all__ = ["register_search"]
 
@@ -36,8 +37,12 @@ def register_search(s: argparse._SubParsersAction) -> None:
                         "one `edg search best` wrote); default repeat: a file's own, else the schedule's; default "
                         "width: the schedule's (GFPN's built-in is already 5 layers deep)")
     q.add_argument("--matched", nargs="*", default=[], metavar="GRAPH",
-                   help="for each --graphs network, these baselines at its feature-network FLOPs (within "
-                        "--tolerance), once repeated and once widened (edg search match)")
+                   help="for each --graphs network, these baselines at its FLOPs (within --tolerance), once per "
+                        "--match-by way (edg search match)")
+    q.add_argument("--match-by", nargs="+", choices=MATCH_WAYS, default=None, metavar="WAY",
+                   help="with --matched (default: depth width): depth (repeat the baseline) or width (widen it) at the feature network's "
+                        "FLOPs; detector-depth or detector-width at the whole detector's (a widened baseline's "
+                        "heads widen too)")
     q.add_argument("--tolerance", type=float, default=0.10, help="with --matched: allowed FLOPs mismatch")
     q.add_argument("--floor", nargs="*", default=["nofusion", "fpn", "panet", "bifpn"],
                    help="the noise-floor networks: the no-fusion neck first, then the fusing ones")
@@ -67,9 +72,13 @@ def register_match(s: argparse._SubParsersAction) -> None:
              "and by width: the --graphs items that re-train them beside it")
     q.add_argument("target", metavar="TARGET", help="NAME[:REPEAT][@WIDTH]: a built-in graph or a graph file")
     q.add_argument("--baselines", nargs="+", default=["fpn", "panet", "bifpn"], help="graphs to match to it")
-    q.add_argument("--by", nargs="+", choices=("depth", "width"), default=["depth", "width"],
+    q.add_argument("--by", nargs="+", choices=MATCH_WAYS, default=["depth", "width"], metavar="WAY",
                    help="depth: repeat the baseline (width kept where it can be); width: widen it at the schedule's "
-                        "depth")
+                        "depth; both at the feature network's FLOPs. detector-depth, detector-width: the same "
+                        "knobs at the whole detector's FLOPs (a widened baseline's heads widen too), to the "
+                        "closest cost")
+    q.add_argument("--num-classes", type=int, default=None,
+                   help="classes of the detector's heads (detector-* ways); default: the built-in task's")
     q.add_argument("--tolerance", type=float, default=0.10, help="allowed FLOPs mismatch (fraction)")
     q.add_argument("--schedule", action="append", default=[], metavar="KEY=VALUE",
                    help="reference-schedule setting (the scale: image_size, channels, backbone, repeat)")
@@ -84,14 +93,23 @@ def cmd_match(args: argparse.Namespace) -> int:
         raise _BadArgs(f"--tolerance {args.tolerance}: allowed between 0 and 1")
     schedule = _schedule(args.schedule)
     name, repeat, width = _graph_item(args.target, schedule, flag="TARGET")
+    if args.num_classes is None:
+        from ..train.multiscale import MULTISCALE_CLASSES
+
+        args.num_classes = len(MULTISCALE_CLASSES)
+    if not 1 <= args.num_classes <= 10_000:
+        raise _BadArgs(f"--num-classes {args.num_classes}: allowed 1..10000")
     result = match_at_schedule(load_graph(name), repeat, width, [(b, load_graph(b)) for b in args.baselines],
-                               schedule, by=args.by, tolerance=args.tolerance)
+                               schedule, by=args.by, tolerance=args.tolerance, num_classes=args.num_classes)
     print(f"{args.target}: {result['target_flops'] / 1e6:.2f} MFLOPs (multiply-adds) of feature network at "
-          f"{schedule.image_size} px, width {result['target_channels']}, backbone {schedule.backbone}")
+          f"{schedule.image_size} px, width {result['target_channels']}, backbone {schedule.backbone}"
+          + (f"; {result['target_detector_flops'] / 1e6:.2f} MFLOPs the whole detector ({args.num_classes} "
+             "classes)" if any(w.startswith("detector-") for w in args.by) else ""))
     for r in result["rows"]:
         mark = "" if r["within"] else f"  (outside {100 * args.tolerance:.0f}%)"
-        print(f"  {r['item']:<16} by {r['by']:<5}  repeat {r['repeat']}, width {r['channels']}: "
-              f"{r['flops'] / 1e6:.2f} MFLOPs ({r['diff_pct']:+.1f}%){mark}")
+        print(f"  {r['item']:<16} by {r['way']:<14}  repeat {r['repeat']}, width {r['channels']}: "
+              f"{r['flops'] / 1e6:.2f} MFLOPs{' (detector)' if r['on'] == 'detector' else ''} "
+              f"({r['diff_pct']:+.1f}%){mark}")
     print("--graphs " + " ".join(dict.fromkeys(r["item"] for r in result["rows"])))
     return 0 if all(r["within"] for r in result["rows"]) else 1
 
@@ -149,15 +167,17 @@ def _data(args: argparse.Namespace) -> str:
     return str(root)
 
 
-def _networks(args: argparse.Namespace, schedule) -> tuple[list, set, dict[str, list[str]]]:
+def _networks(args: argparse.Namespace, schedule, num_classes: int | None = None
+              ) -> tuple[list, set, dict[str, dict[str, list[str]]]]:
     """The command's networks, the floor's keys, and each --graphs network's key with the
-    keys of the baselines matched to it (--matched)."""
+    keys of the baselines matched to it (--matched), each with the ways it was matched
+    (--match-by; the detector's ways count heads of ``num_classes`` classes)."""
     from ..passes import load_graph
     from ..search.reference import network_from_graph, space_networks
 
     floor = [network_from_graph(g, load_graph(g), schedule.repeat, "graph") for g in args.floor]
     nets, keys = list(floor), {n.key for n in floor}
-    pairs: dict[str, list[str]] = {}
+    pairs: dict[str, dict[str, list[str]]] = {}
     if not args.floor_only:
         extra = []
         for item in args.graphs:
@@ -168,21 +188,22 @@ def _networks(args: argparse.Namespace, schedule) -> tuple[list, set, dict[str, 
             graph = load_graph(name)
             found = network_from_graph(label, graph, repeat, "graph", channels=width)
             extra.append(found)
-            if args.matched:  # the baselines at this network's FLOPs, by depth and by width
+            if args.matched:  # the baselines at this network's FLOPs, once per way
                 from ..search.compare import match_at_schedule
 
                 m = match_at_schedule(graph, repeat, width, [(b, load_graph(b)) for b in args.matched], schedule,
-                                      tolerance=args.tolerance)
+                                      by=getattr(args, "match_by", ("depth", "width")), tolerance=args.tolerance,
+                                      num_classes=num_classes)
                 for row in m["rows"]:
                     if not row["within"]:
-                        raise _BadArgs(f"--matched {row['graph']}: no depth or width of it is within "
-                                       f"{100 * args.tolerance:.0f}% of {label}'s FLOPs (closest: {row['item']}, "
-                                       f"{row['diff_pct']:+.1f}%)")
+                        raise _BadArgs(f"--matched {row['graph']}: no {row['by']} of it is within "
+                                       f"{100 * args.tolerance:.0f}% of {label}'s {row['on']} FLOPs (closest: "
+                                       f"{row['item']}, {row['diff_pct']:+.1f}%)")
                     base = network_from_graph(row["item"], load_graph(row["graph"]), row["repeat"], "matched",
                                               channels=row["channels"] if row["channels"] != schedule.channels
                                               else None)
                     extra.append(base)
-                    pairs.setdefault(found.key, []).append(base.key)
+                    pairs.setdefault(found.key, {}).setdefault(base.key, []).append(row["way"])
         space = space_networks(args.space, args.sampled, args.sample_seed) if args.space else []
         for net in extra + space:
             if net.key not in keys:  # the space's fpn/panet/bifpn points are the floor's networks
@@ -272,17 +293,25 @@ def cmd_reference(args: argparse.Namespace) -> int:
         raise _BadArgs(f"--tolerance {args.tolerance}: allowed between 0 and 1")
     if len(args.floor) < 3 and args.floor:
         raise _BadArgs("--floor needs the no-fusion neck and at least two fusing networks")
+    if args.match_by is not None and not args.matched:
+        raise _BadArgs("--match-by says how --matched baselines are matched: name them with --matched")
+    args.match_by = args.match_by or ["depth", "width"]
     build = _build(args)
-    nets, floor_keys, pairs = _networks(args, build.schedule)
+    num_classes = None
+    if args.matched and any(w.startswith("detector-") for w in args.match_by):
+        from ..train.data import num_categories, resolve_data
+
+        num_classes = num_categories(resolve_data(build.data, "train")[0])
+    nets, floor_keys, pairs = _networks(args, build.schedule, num_classes)
+    floor = [n for n in nets if n.key in floor_keys]
+    rest = [n for n in nets if n.key not in floor_keys]
+    # this command's jobs only: the same folder's queue may also hold a larger table's
+    keys = ({job_key(n, s) for n in floor for s in args.floor_seeds}
+            | {job_key(n, s) for n in rest for s in args.seeds})
     if not args.report:
         # the floor first, and seed-major: the first finished jobs already compare the networks
-        floor = [n for n in nets if n.key in floor_keys]
-        rest = [n for n in nets if n.key not in floor_keys]
         added = build.add(floor, args.floor_seeds) + build.add(rest, args.seeds)
-        # this command's jobs only: the same folder's queue may also hold a larger table's
-        keys = ({job_key(n, s) for n in floor for s in args.floor_seeds}
-                | {job_key(n, s) for n in rest for s in args.seeds})
-        counts = build.queue.counts()
+        counts = build.queue.counts(keys)
         print(f"{len(nets)} networks; {added} job(s) added; jobs: "
               + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), file=sys.stderr)
         if args.workers == 1:
@@ -312,11 +341,12 @@ def cmd_reference(args: argparse.Namespace) -> int:
                 p.join()
             # a child killed mid-job leaves it RUNNING with a dead pid: finish what is left here
             build.work(say=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)), keys=keys)
-    return _report(args, build, [n.name for n in nets if n.key in floor_keys], {n.key: n.name for n in nets}, pairs)
+    return _report(args, build, [n.name for n in nets if n.key in floor_keys], {n.key: n.name for n in nets}, pairs,
+                   keys)
 
 
 def _report(args: argparse.Namespace, build, floor: list[str], names: dict[str, str],
-            pairs: dict[str, list[str]]) -> int:
+            pairs: dict[str, dict[str, list[str]]], keys: set[str]) -> int:
     from ..search.reference import gate, summarize
     from ..search.reference_report import write_reference_results
     from ..search.verdicts import matched_verdicts
@@ -326,8 +356,8 @@ def _report(args: argparse.Namespace, build, floor: list[str], names: dict[str, 
     rows = [r for r in build.rows() if r["key"] in names]
     table = summarize(rows)
     verdict = gate(table, floor=tuple(floor), min_seeds=len(args.floor_seeds)) if floor else {"passed": None}
-    counts = build.queue.counts()
-    waiting = counts.get("waiting", 0) + counts.get("running", 0)
+    counts = build.queue.counts(keys)  # this command's jobs, as its cost figures
+    waiting = counts.get("waiting", 0) + counts.get("running", 0) + counts.get("not queued", 0)
     for s in table:
         print(f"{s['network']:<24} seeds {len(s['seeds'])}  val mAP@0.5 {s['val']['mean']:.3f} "
               f"(sd {s['val']['sd']:.3f})  test {s['test']['mean']:.3f}  fpn FLOPs {s['fpn_flops'] or 0:,}")
@@ -337,12 +367,14 @@ def _report(args: argparse.Namespace, build, floor: list[str], names: dict[str, 
     for v in verdicts:
         gap = f"gap {v['gap']:+.3f} vs seed ranges {v['found_range']:.3f} / {v['baseline_range']:.3f}" \
             if "gap" in v and v["found_seeds"] > 1 and v["baseline_seeds"] > 1 else v.get("reason", "")
-        print(f"{v['found']} against {v['baseline']} (test): {v['outcome']} ({gap})")
+        print(f"{v['found']} against {v['baseline']} (by {v['matched_by']}; test): {v['outcome']} ({gap})")
     if args.results:
         path = write_reference_results(args.results, build, rows, table, verdict, counts, verdicts)
         print(f"results: {path}")
     if waiting:
-        print(f"{waiting} job(s) not finished: run the same command again to go on", file=sys.stderr)
+        print(f"{waiting} of this command's jobs not finished: run it again without --report to go on"
+              if args.report else f"{waiting} of this command's jobs not finished: run it again to go on",
+              file=sys.stderr)
         return 0
     if verdict.get("passed") is False:
         print("the noise-floor gate FAILED: on this task and schedule the necks' differences do not clear the "

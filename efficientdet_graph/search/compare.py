@@ -25,9 +25,10 @@ from ..profile.analytic import graph_cost
 from .mapping import Candidate
 from .report import best_so_far, hypervolume
 from .proxy_scores import proxy_score
+from .verdicts import MATCH_WAYS
 from .study import Evaluator, StudyConfig, _load_space, best_trials, run_worker, study_metric, summary, trial_status
 
-__all__ = ["provenance", "matched_scale", "match_at_schedule", "compare_study", "benchmark_samplers",
+__all__ = ["provenance", "matched_scale", "detector_flops", "match_at_schedule", "compare_study", "benchmark_samplers",
            "sampler_verdicts"]
 
 
@@ -58,59 +59,111 @@ def provenance(argv: Sequence[str] | None = None) -> dict:
 
 def matched_scale(graph, target_flops: float, cost, in_channels: dict, *, base_repeat: int, base_channels: int,
                   max_repeat: int = 8, widths: Sequence[int] | None = None,
-                  tolerance: float = 0.10, match: str = "depth") -> tuple[int, int, int]:
+                  tolerance: float = 0.10, match: str = "depth",
+                  flops_of: Callable[[object, int, int], int] | None = None,
+                  closest: bool = False) -> tuple[int, int, int]:
     """(repeat, channels, FLOPs) of ``graph`` matching ``target_flops``: the paper's
     ablation matches cost by repeating FPN/PANet, so within ``tolerance`` the width stays
     the base's if any depth gets there; width is the second knob, then the closest cost.
     ``match="width"`` keeps the base depth and changes the width first (fairer to deep
-    stacks on a short proxy, which trains them too briefly to converge)."""
+    stacks on a short proxy, which trains them too briefly to converge). ``flops_of(graph,
+    repeat, width)`` counts a scale (default: the feature network's FLOPs). ``closest``
+    turns only the first knob, to the closest cost, instead of staying nearest the base
+    scale anywhere within the tolerance."""
     widths = list(widths or range(16, 513, 8))
+    if flops_of is None:
+        def flops_of(g, r: int, w: int) -> int:
+            return graph_cost(_at_repeat(g, r), w, in_channels, cost.image_size).flops
     best = None
     for r in range(1, max_repeat + 1):
-        g = graph.copy()
-        g.graph = {**graph.graph, "outputs": dict(graph.graph["outputs"]), "repeat": r}
         for w in widths:
-            flops = graph_cost(g, w, in_channels, cost.image_size).flops
+            flops = flops_of(graph, r, w)
             off = abs(flops - target_flops) / target_flops
             # inside the tolerance, keep the width and change the depth if possible
             near = (abs(w - base_channels), abs(r - base_repeat)) if match == "depth" else \
                 (abs(r - base_repeat), abs(w - base_channels))
-            key = (off > tolerance, *near, off)
+            key = (off > tolerance, near[0], off) if closest else (off > tolerance, *near, off)
             if best is None or key < best[0]:
                 best = (key, r, w, flops)
     _, r, w, flops = best
     return r, w, int(flops)
 
 
+def _at_repeat(graph, repeat: int):
+    g = graph.copy()
+    g.graph = {**graph.graph, "outputs": dict(graph.graph["outputs"]), "repeat": repeat}
+    return g
+
+
+def detector_flops(graph, repeat: int, width: int, schedule, num_classes: int) -> int:
+    """FLOPs of the whole detector a reference job trains for ``graph`` at ``repeat`` and
+    ``width`` (backbone, input adapter, feature network, heads: the spec ``model_yaml``
+    writes), counted analytically (``model_cost``) without building it."""
+    import tempfile
+
+    from ..graph import graph_to_yaml
+    from ..profile.analytic import model_cost
+    from .reference import Network, model_yaml
+
+    with tempfile.TemporaryDirectory(prefix="edg-match-") as d:
+        (Path(d) / "graph.yaml").write_text(graph_to_yaml(_at_repeat(graph, 1)))
+        net = Network("match", "", repeat, "matched", channels=width)
+        (Path(d) / "model.yaml").write_text(model_yaml(net, schedule, num_classes))
+        return int(model_cost(Path(d) / "model.yaml").flops)
+
+
 def match_at_schedule(target, target_repeat: int, target_width: int | None, baselines: Sequence[tuple[str, object]],
-                      schedule, by: Sequence[str] = ("depth", "width"), tolerance: float = 0.10) -> dict:
-    """Each baseline graph matched to ``target``'s feature-network FLOPs at the reference
-    schedule's scale (its image size, width and backbone's channels), once per knob in
-    ``by`` (``matched_scale``: depth repeats the baseline, width widens it); every row says
-    whether it lands within ``tolerance``. What ``edg search reference --graphs`` takes
-    to re-train found networks beside cost-matched baselines."""
+                      schedule, by: Sequence[str] = ("depth", "width"), tolerance: float = 0.10,
+                      num_classes: int | None = None) -> dict:
+    """Each baseline graph matched to ``target``'s FLOPs at the reference schedule's scale
+    (its image size, width and backbone's channels), once per way in ``by``
+    (``MATCH_WAYS``; ``matched_scale``: depth repeats the baseline, width widens it; a
+    ``detector-`` way holds the whole detector's FLOPs equal, heads for ``num_classes``
+    classes included); every row says whether it lands within ``tolerance``. What
+    ``edg search reference --graphs`` takes to re-train found networks beside
+    cost-matched baselines."""
     from .zerocost import _backbone_channels
 
+    bad = [w for w in by if w not in MATCH_WAYS]
+    if bad:
+        raise SearchError(f"match by {bad[0]!r}: expected one of {', '.join(MATCH_WAYS)}")
+    if any(w.startswith("detector-") for w in by) and not num_classes:
+        raise SearchError("a match on the detector's FLOPs needs the number of classes (its heads' outputs)")
     in_ch = _backbone_channels(schedule.backbone, 3, 5)
     scale = type("Scale", (), {"image_size": schedule.image_size})
 
-    def flops(graph, repeat: int, width: int) -> int:
-        g = graph.copy()
-        g.graph = {**graph.graph, "outputs": dict(graph.graph["outputs"]), "repeat": repeat}
-        return int(graph_cost(g, width, in_ch, schedule.image_size).flops)
+    def features(graph, repeat: int, width: int) -> int:
+        return int(graph_cost(_at_repeat(graph, repeat), width, in_ch, schedule.image_size).flops)
+
+    rest: dict[tuple, int] = {}  # all but the feature network: depends on the levels and width only
+
+    def detector(graph, repeat: int, width: int) -> int:
+        key = (tuple(graph.graph["levels"]), width)
+        if key not in rest:
+            rest[key] = detector_flops(graph, 1, width, schedule, num_classes) - features(graph, 1, width)
+        return features(graph, repeat, width) + rest[key]
 
     width = target_width or schedule.channels
-    goal = flops(target, target_repeat, width)
+    goals = {"features": features(target, target_repeat, width)}
+    if num_classes:
+        goals["detector"] = detector(target, target_repeat, width)
     rows = []
     for name, graph in baselines:
-        for knob in by:
+        for way in by:
+            on, _, knob = way.rpartition("-")
+            on = on or "features"
+            # On the detector, the backbone's fixed cost makes the tolerance loose for the
+            # neck (10% of 53 MFLOPs is half a small neck): the knob goes to the closest cost.
+            goal = goals[on]
             r, w, f = matched_scale(graph, goal, scale, in_ch, base_repeat=schedule.repeat,
-                                    base_channels=schedule.channels, tolerance=tolerance, match=knob)
+                                    base_channels=schedule.channels, tolerance=tolerance, match=knob,
+                                    flops_of=features if on == "features" else detector, closest=on == "detector")
             item = name + (f":{r}" if r != schedule.repeat else "") + (f"@{w}" if w != schedule.channels else "")
-            rows.append({"graph": name, "by": knob, "repeat": r, "channels": w, "flops": f,
+            rows.append({"graph": name, "by": knob, "on": on, "way": way, "repeat": r, "channels": w, "flops": f,
                          "diff_pct": round(100 * (f - goal) / goal, 2), "within": abs(f - goal) <= tolerance * goal,
                          "item": item})
-    return {"target_flops": goal, "target_repeat": target_repeat, "target_channels": width,
+    return {"target_flops": goals["features"], "target_detector_flops": goals.get("detector"),
+            "target_repeat": target_repeat, "target_channels": width,
             "image_size": schedule.image_size, "in_channels": in_ch, "tolerance": tolerance, "rows": rows}
 
 

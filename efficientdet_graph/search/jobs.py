@@ -240,12 +240,20 @@ class JobQueue:
             ran += 1
         return ran
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, keys: Collection[str] | None = None) -> dict[str, int]:
+        """Trials by status (a job stopped and resumed counts once per attempt), of ``keys``'
+        jobs only where given; ``not queued``: those of ``keys`` no trial holds yet."""
         out: dict[str, int] = {}
+        seen: set[str] = set()
         for t in self._trials():
+            if not _ours(t, keys):
+                continue
+            seen.add(t.user_attrs.get("edg_key"))
             status = {TrialState.WAITING: "waiting", TrialState.RUNNING: "running"}.get(
                 t.state, t.user_attrs.get("edg_status", t.state.name.lower()))
             out[status] = out.get(status, 0) + 1
+        if keys is not None and len(set(keys) - seen):
+            out["not queued"] = len(set(keys) - seen)
         return out
 
     def finished(self) -> list[FrozenTrial]:

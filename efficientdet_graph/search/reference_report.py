@@ -106,10 +106,11 @@ def write_reference_results(path: str | Path, build, rows: list[dict], table: li
         # backbone_init: what a proxy calibrated on this table freezes (edg search fidelity --proxy)
         "task": {**_task(build.data), "backbone_init": str(build.backbone_path() or "") or None},
         "schedule": asdict(build.schedule),
-        "jobs": counts,
+        "jobs": counts,  # this command's jobs by status, one per attempt, as "cost" counts them
         "cost": {"jobs_done": len(walls), "median_job_s": statistics.median(walls) if walls else None,
                  "total_job_s": round(sum(spent), 1), "threads_per_job": build.schedule.threads,
-                 "resumed_jobs": sum(1 for r in rows if r.get("attempt", 1) > 1)},
+                 # retried after a lost attempt, or stopped (SIGTERM, Ctrl-C) and resumed
+                 "resumed_jobs": sum(1 for r in rows if r.get("attempt", 1) > 1 or "wall_s_all_attempts" in r)},
         "gate": verdict,
         "splits_agree": _splits_agree(table),
         "table": table,

@@ -12,7 +12,13 @@ import math
 import statistics
 from typing import Mapping, Sequence
 
-__all__ = ["seed_verdict", "matched_verdicts", "verdicts_markdown"]
+__all__ = ["MATCH_WAYS", "seed_verdict", "matched_verdicts", "verdicts_markdown"]
+
+#: the ways a baseline is matched: the knob turned (depth repeats it, width widens it) and,
+#: with ``detector-``, the whole detector's FLOPs held equal instead of the feature
+#: network's -- widening a baseline widens its class and box heads too, so a
+#: feature-network match by width hands the baseline a costlier detector
+MATCH_WAYS = ("depth", "width", "detector-depth", "detector-width")
 
 
 def seed_verdict(found: Sequence[float], baseline: Sequence[float]) -> dict:
@@ -33,12 +39,13 @@ def seed_verdict(found: Sequence[float], baseline: Sequence[float]) -> dict:
     return out
 
 
-def matched_verdicts(table: Sequence[Mapping], pairs: Mapping[str, Sequence[str]], split: str = "test",
-                     names: Mapping[str, str] | None = None) -> list[dict]:
+def matched_verdicts(table: Sequence[Mapping], pairs: Mapping[str, Mapping[str, Sequence[str]]],
+                     split: str = "test", names: Mapping[str, str] | None = None) -> list[dict]:
     """For each found network and each baseline matched to it (``pairs``: network key ->
-    baseline keys), the verdict on ``split``. ``table`` rows as ``reference.summarize``
-    writes them; a network not trained yet is ``undecided``, named by ``names`` (key ->
-    name) while it has no row."""
+    baseline key -> the ``MATCH_WAYS`` it was matched by), the verdict on ``split``, with
+    both sides' detector and feature-network FLOPs. ``table`` rows as
+    ``reference.summarize`` writes them; a network not trained yet is ``undecided``, named
+    by ``names`` (key -> name) while it has no row."""
     rows = {r["key"]: r for r in table}
 
     def name(key: str) -> str:
@@ -47,7 +54,12 @@ def matched_verdicts(table: Sequence[Mapping], pairs: Mapping[str, Sequence[str]
     out = []
     for found, baselines in pairs.items():
         for base in baselines:
-            label = {"found": name(found), "baseline": name(base), "split": split}
+            label = {"found": name(found), "baseline": name(base), "matched_by": ", ".join(baselines[base]),
+                     "split": split}
+            for side, key in (("found", found), ("baseline", base)):
+                if key in rows:
+                    label.update({f"{side}_flops": rows[key].get("flops"),
+                                  f"{side}_fpn_flops": rows[key].get("fpn_flops")})
             if found not in rows or base not in rows:
                 out.append({**label, "outcome": "undecided", "reason": "not trained yet"})
                 continue
@@ -59,15 +71,25 @@ def _f(x: float) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{x:.3f}"
 
 
+def _mflops(v: Mapping, side: str) -> str:
+    f = v.get(f"{side}_flops")
+    return "–" if f is None else f"{f / 1e6:.1f}"
+
+
 def verdicts_markdown(verdicts: Sequence[Mapping]) -> str:
     if not verdicts:
         return ""
     lines = ["", "Found networks against their FLOPs-matched baselines (a win or a loss only where the gap of "
-                 "the seed means exceeds both seed ranges):", "",
-             "| found | baseline | split | found mean (range) | baseline mean (range) | gap | outcome |",
-             "|---|---|---|---|---|---|---|"]
+                 "the seed means exceeds both seed ranges). Matched by: the knob turned (depth, width) and, "
+                 "with detector-, the whole detector's FLOPs held equal instead of the feature network's; "
+                 "MFLOPs: the whole detector's, found / baseline:", "",
+             "| found | baseline | matched by | MFLOPs | split | seeds | found mean (range) | baseline mean (range) "
+             "| gap | outcome |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for v in verdicts:
-        lines.append(f"| {v['found']} | {v['baseline']} | {v['split']} | {_f(v.get('found_mean', math.nan))} "
+        seeds = f"{v['found_seeds']} / {v['baseline_seeds']}" if "found_seeds" in v else "–"
+        lines.append(f"| {v['found']} | {v['baseline']} | {v.get('matched_by', '')} | {_mflops(v, 'found')} / "
+                     f"{_mflops(v, 'baseline')} | {v['split']} | {seeds} | {_f(v.get('found_mean', math.nan))} "
                      f"({_f(v.get('found_range', math.nan))}) | {_f(v.get('baseline_mean', math.nan))} "
                      f"({_f(v.get('baseline_range', math.nan))}) | {_f(v.get('gap', math.nan))} | "
                      f"{v['outcome']} |")
