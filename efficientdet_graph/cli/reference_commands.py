@@ -40,9 +40,9 @@ def register_search(s: argparse._SubParsersAction) -> None:
                    help="for each --graphs network, these baselines at its FLOPs (within --tolerance), once per "
                         "--match-by way (edg search match)")
     q.add_argument("--match-by", nargs="+", choices=MATCH_WAYS, default=None, metavar="WAY",
-                   help="with --matched (default: depth width): depth (repeat the baseline) or width (widen it) at the feature network's "
-                        "FLOPs; detector-depth or detector-width at the whole detector's (a widened baseline's "
-                        "heads widen too)")
+                   help="with --matched (default: depth width): depth (repeat the baseline) or width (widen it) "
+                        "at the feature network's FLOPs; detector-depth or detector-width at the whole detector's "
+                        "(a widened baseline's heads widen too)")
     q.add_argument("--tolerance", type=float, default=0.10, help="with --matched: allowed FLOPs mismatch")
     q.add_argument("--floor", nargs="*", default=["nofusion", "fpn", "panet", "bifpn"],
                    help="the noise-floor networks: the no-fusion neck first, then the fusing ones")
