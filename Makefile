@@ -72,9 +72,9 @@ search: install
 	$(BIN)/edg search best --out $(STUDY) --study evolution --top 3 -o $(STUDY)/best
 	$(BIN)/edg search reference --out reference/multiscale --floor --seeds 10 11 12 --workers 2 \
 		--graphs $(STUDY)/best/*.yaml --matched fpn panet bifpn --no-gate --results search/results/study-multiscale.json
-	# BiFPN widened to the found networks' whole-detector FLOPs (its heads widen with it)
+	# BiFPN and PANet widened to the found networks' whole-detector FLOPs (their heads widen too)
 	$(BIN)/edg search reference --out reference/multiscale --floor --seeds 10 11 12 --workers 2 \
-		--graphs $(STUDY)/best/*.yaml --matched bifpn --match-by detector-width --no-gate \
+		--graphs $(STUDY)/best/*.yaml --matched panet bifpn --match-by detector-width --no-gate \
 		--results search/results/study-multiscale-detector.json
 
 # Random search, TPE and regularized evolution at an equal budget (3 seeds x 40 trials each)
