@@ -60,24 +60,25 @@ def provenance(argv: Sequence[str] | None = None) -> dict:
 def matched_scale(graph, target_flops: float, cost, in_channels: dict, *, base_repeat: int, base_channels: int,
                   max_repeat: int = 8, widths: Sequence[int] | None = None,
                   tolerance: float = 0.10, match: str = "depth",
-                  flops_of: Callable[[object, int, int], int] | None = None,
+                  flops_of: Callable[[object, int], int] | None = None,
                   closest: bool = False) -> tuple[int, int, int]:
     """(repeat, channels, FLOPs) of ``graph`` matching ``target_flops``: the paper's
     ablation matches cost by repeating FPN/PANet, so within ``tolerance`` the width stays
     the base's if any depth gets there; width is the second knob, then the closest cost.
     ``match="width"`` keeps the base depth and changes the width first (fairer to deep
     stacks on a short proxy, which trains them too briefly to converge). ``flops_of(graph,
-    repeat, width)`` counts a scale (default: the feature network's FLOPs). ``closest``
-    turns only the first knob, to the closest cost, instead of staying nearest the base
-    scale anywhere within the tolerance."""
+    width)`` counts ``graph`` stacked ``repeat`` times at ``width`` (default: the feature
+    network's FLOPs). ``closest`` turns only the first knob, to the closest cost, instead
+    of staying nearest the base scale anywhere within the tolerance."""
     widths = list(widths or range(16, 513, 8))
     if flops_of is None:
-        def flops_of(g, r: int, w: int) -> int:
-            return graph_cost(_at_repeat(g, r), w, in_channels, cost.image_size).flops
+        def flops_of(g, w: int) -> int:
+            return graph_cost(g, w, in_channels, cost.image_size).flops
     best = None
     for r in range(1, max_repeat + 1):
+        g = _at_repeat(graph, r)
         for w in widths:
-            flops = flops_of(graph, r, w)
+            flops = flops_of(g, w)
             off = abs(flops - target_flops) / target_flops
             # inside the tolerance, keep the width and change the depth if possible
             near = (abs(w - base_channels), abs(r - base_repeat)) if match == "depth" else \
@@ -132,21 +133,23 @@ def match_at_schedule(target, target_repeat: int, target_width: int | None, base
     in_ch = _backbone_channels(schedule.backbone, 3, 5)
     scale = type("Scale", (), {"image_size": schedule.image_size})
 
-    def features(graph, repeat: int, width: int) -> int:
-        return int(graph_cost(_at_repeat(graph, repeat), width, in_ch, schedule.image_size).flops)
+    def features(stacked, width: int) -> int:
+        return int(graph_cost(stacked, width, in_ch, schedule.image_size).flops)
 
     rest: dict[tuple, int] = {}  # all but the feature network: depends on the levels and width only
 
-    def detector(graph, repeat: int, width: int) -> int:
-        key = (tuple(graph.graph["levels"]), width)
+    def detector(stacked, width: int) -> int:
+        key = (tuple(stacked.graph["levels"]), width)
         if key not in rest:
-            rest[key] = detector_flops(graph, 1, width, schedule, num_classes) - features(graph, 1, width)
-        return features(graph, repeat, width) + rest[key]
+            rest[key] = detector_flops(stacked, 1, width, schedule, num_classes) - features(_at_repeat(stacked, 1),
+                                                                                            width)
+        return features(stacked, width) + rest[key]
 
     width = target_width or schedule.channels
-    goals = {"features": features(target, target_repeat, width)}
-    if num_classes:
-        goals["detector"] = detector(target, target_repeat, width)
+    stacked = _at_repeat(target, target_repeat)
+    goals = {"features": features(stacked, width)}
+    if any(w.startswith("detector-") for w in by):
+        goals["detector"] = detector(stacked, width)
     rows = []
     for name, graph in baselines:
         for way in by:
@@ -168,9 +171,7 @@ def match_at_schedule(target, target_repeat: int, target_width: int | None, base
 
 
 def _candidate(graph, repeat: int, channels: int, cost) -> Candidate:
-    g = graph.copy()
-    g.graph = {**graph.graph, "outputs": dict(graph.graph["outputs"]), "repeat": 1}
-    return Candidate({}, g, None, repeat=repeat, channels=channels, image_size=cost.image_size,
+    return Candidate({}, _at_repeat(graph, 1), None, repeat=repeat, channels=channels, image_size=cost.image_size,
                      width_scale=channels / cost.channels)
 
 
